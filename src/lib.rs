@@ -1,0 +1,32 @@
+//! session-proxy: a reverse proxy that gives any web app server-side sessions in Redis,
+//! byte-compatible with Remix's cookie signing and `remix-upstash-session`.
+//!
+//! A request flows through these modules, each owning one concern:
+//!
+//! - [`config`]: `proxy.toml` → validated runtime types (`${VAR}` expansion, unknown keys
+//!   rejected).
+//! - [`server`]: listeners, HTTP/1.1 + HTTP/2 connections, TLS, reload, graceful shutdown.
+//! - `route`: which `[[route]]` a request goes to.
+//! - `proxy`: forwarding to the upstream, hop-by-hop headers, upgrades, timeouts, and the
+//!   status code of every failure.
+//! - `session`: cookie signing, ids and the header protocol (the seam `proxy` calls once on
+//!   the way in and once on the way out).
+//! - [`store`]: Redis (through fred) and the embedded memory store.
+//! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`.
+//! - [`tls`]: HTTPS termination.
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload, for the binary.
+
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod signals;
+pub mod store;
+pub mod tls;
+
+mod admin;
+mod proxy;
+mod route;
+mod session;
+
+pub use config::Config;
+pub use server::{Limits, Reloader, Server};

@@ -1,0 +1,303 @@
+//! Prometheus metrics, exposed by the admin listener's `/metrics`.
+//!
+//! Label values stay bounded: a route's configured prefix (or `-` for requests no route
+//! matched), a status class, a store command name, an error kind or a session event — never a
+//! path, an id or anything a client chose. Per-route handles are looked up once when a route
+//! table is built, so the hot path increments without hashing labels.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::session::SessionEvent;
+use crate::store::StoreError;
+
+/// Request and upstream durations: 0.5 ms to about 16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Store commands: 0.1 ms to about 3 s (the command timeout is 1 s by default).
+fn store_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatusLabels {
+    route: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The status classes counted per route; index is `status / 100 - 1`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every metric of the process. Cheap to share: each metric is an `Arc` inside.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RouteStatusLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    upstream_duration: HistogramFamily<RouteLabels>,
+    store_duration: HistogramFamily<CommandLabels>,
+    store_errors: Family<KindLabels, Counter>,
+    sessions: Family<EventLabels, Counter>,
+    cookies_rejected: Counter,
+    forged_headers: Counter,
+    open_connections: Gauge,
+    /// Handles for requests that matched no route.
+    unmatched: RouteMetrics,
+}
+
+/// One route's handles, resolved once per route table.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+    upstream: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("session_proxy");
+        let requests = Family::<RouteStatusLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by route prefix and status class",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by route prefix",
+            request_duration.clone(),
+        );
+        let upstream_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time the upstream took to answer with headers, by route prefix",
+            upstream_duration.clone(),
+        );
+        let store_duration: HistogramFamily<CommandLabels> =
+            Family::new_with_constructor(store_histogram);
+        registry.register(
+            "store_command_duration_seconds",
+            "Store command round trips",
+            store_duration.clone(),
+        );
+        let store_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Failed store commands by kind",
+            store_errors.clone(),
+        );
+        let sessions = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "sessions",
+            "Sessions created, updated, destroyed and regenerated",
+            sessions.clone(),
+        );
+        let cookies_rejected = Counter::default();
+        registry.register(
+            "cookies_rejected",
+            "Session cookies that failed verification (treated as new visitors)",
+            cookies_rejected.clone(),
+        );
+        let forged_headers = Counter::default();
+        registry.register(
+            "forged_headers_removed",
+            "Session protocol headers removed from client requests",
+            forged_headers.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Open client connections",
+            open_connections.clone(),
+        );
+
+        let mut metrics = Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            store_duration,
+            store_errors,
+            sessions,
+            cookies_rejected,
+            forged_headers,
+            open_connections,
+            unmatched: RouteMetrics::placeholder(),
+        };
+        metrics.unmatched = metrics.route("-");
+        metrics
+    }
+
+    /// Handles for one route prefix (called when a route table is built, not per request).
+    pub(crate) fn route(&self, prefix: &str) -> RouteMetrics {
+        let route = prefix.to_string();
+        RouteMetrics {
+            requests: STATUS_CLASSES.map(|status| {
+                self.requests.get_or_create_owned(&RouteStatusLabels {
+                    route: route.clone(),
+                    status,
+                })
+            }),
+            duration: self.request_duration.get_or_create_owned(&RouteLabels {
+                route: route.clone(),
+            }),
+            upstream: self
+                .upstream_duration
+                .get_or_create_owned(&RouteLabels { route }),
+        }
+    }
+
+    /// Counts a finished request (at response headers).
+    pub(crate) fn observe_request(
+        &self,
+        route: Option<&RouteMetrics>,
+        status: StatusCode,
+        duration: Duration,
+        upstream: Option<Duration>,
+        event: SessionEvent,
+    ) {
+        let route = route.unwrap_or(&self.unmatched);
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        route.requests[class].inc();
+        route.duration.observe(duration.as_secs_f64());
+        if let Some(upstream) = upstream {
+            route.upstream.observe(upstream.as_secs_f64());
+        }
+        let event = match event {
+            SessionEvent::Created => "created",
+            SessionEvent::Updated => "updated",
+            SessionEvent::Destroyed => "destroyed",
+            SessionEvent::Regenerated => "regenerated",
+            SessionEvent::None | SessionEvent::Loaded => return,
+        };
+        self.sessions.get_or_create(&EventLabels { event }).inc();
+    }
+
+    pub(crate) fn store_command(&self, command: &'static str, duration: Duration) {
+        self.store_duration
+            .get_or_create(&CommandLabels { command })
+            .observe(duration.as_secs_f64());
+    }
+
+    pub(crate) fn store_error(&self, error: &StoreError) {
+        self.store_errors
+            .get_or_create(&KindLabels { kind: error.kind() })
+            .inc();
+    }
+
+    pub(crate) fn cookie_rejected(&self) {
+        self.cookies_rejected.inc();
+    }
+
+    pub(crate) fn forged_headers_removed(&self, n: usize) {
+        self.forged_headers.inc_by(n as u64);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl RouteMetrics {
+    /// Unregistered handles, used only until `Metrics::new` resolves the real ones.
+    fn placeholder() -> RouteMetrics {
+        RouteMetrics {
+            requests: Default::default(),
+            duration: latency_histogram(),
+            upstream: latency_histogram(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_route_and_status_class_with_bounded_labels() {
+        let m = Metrics::new();
+        let api = m.route("/api");
+        m.observe_request(
+            Some(&api),
+            StatusCode::OK,
+            Duration::from_millis(3),
+            Some(Duration::from_millis(2)),
+            SessionEvent::Created,
+        );
+        m.observe_request(
+            None,
+            StatusCode::NOT_FOUND,
+            Duration::from_millis(1),
+            None,
+            SessionEvent::None,
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(r#"session_proxy_requests_total{route="/api",status="2xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"session_proxy_requests_total{route="-",status="4xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"session_proxy_sessions_total{event="created"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"session_proxy_upstream_duration_seconds_count{route="/api"} 1"#),
+            "{text}"
+        );
+    }
+}

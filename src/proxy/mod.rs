@@ -1,0 +1,333 @@
+//! Forwarding: one request from the client, through the session seam, to the upstream and
+//! back. Every failure maps to one status code here (404, 502, 503, 504).
+
+pub(crate) mod body;
+pub(crate) mod headers;
+mod upgrade;
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use crate::config::OnStoreError;
+use crate::route::{self, Route};
+use crate::server::{App, Shared};
+use crate::session::{protocol, Loaded, SaveError, SessionEvent, StoreCalls};
+use body::{ProxyBody, UpstreamBody};
+use headers::X_REQUEST_ID;
+
+/// What one request did, for its access-log line.
+struct Outcome {
+    status: StatusCode,
+    route: Option<Arc<Route>>,
+    session: SessionEvent,
+    store_time: Duration,
+    upstream_time: Option<Duration>,
+}
+
+/// Handles one client request. Never fails: every error becomes a response.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let request_id = headers::request_id(req.headers());
+    // Requests in flight keep the config they started with when a reload swaps it.
+    let app = shared.app.load_full();
+    let mut out = Outcome {
+        status: StatusCode::OK,
+        route: None,
+        session: SessionEvent::None,
+        store_time: Duration::ZERO,
+        upstream_time: None,
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+
+    let mut resp = forward(&shared, &app, req, peer, &request_id, &mut out).await;
+    resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+    out.status = resp.status();
+
+    shared.metrics.observe_request(
+        out.route.as_deref().map(|r| &r.metrics),
+        out.status,
+        start.elapsed(),
+        out.upstream_time,
+        out.session,
+    );
+    tracing::info!(
+        target: "access",
+        request_id = rid(&request_id),
+        method = %method,
+        path = %path,
+        status = out.status.as_u16(),
+        duration_ms = ms(start.elapsed()),
+        route = out.route.as_deref().map_or("-", |r| r.prefix.as_str()),
+        session = out.session.as_str(),
+        store_ms = ms(out.store_time),
+        upstream_ms = out.upstream_time.map(ms),
+    );
+    resp
+}
+
+/// The request id for log lines; ids are checked to be visible ASCII when taken or made.
+fn rid(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+async fn forward(
+    shared: &Shared,
+    app: &App,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+    out: &mut Outcome,
+) -> Response<ProxyBody> {
+    let session_cfg = app.session.config();
+    // Always, on every route: a client can never forge a session.
+    let forged = protocol::strip_protocol_headers(
+        req.headers_mut(),
+        &[
+            &session_cfg.header,
+            &session_cfg.update_header,
+            &session_cfg.regenerate_header,
+        ],
+    );
+    if forged > 0 {
+        shared.metrics.forged_headers_removed(forged);
+    }
+
+    // HTTP/2 carries the host in the URI; HTTP/1 in `Host`.
+    let host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let Some(route) = app.routes.find(
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        req.uri().path(),
+    ) else {
+        return status_response(StatusCode::NOT_FOUND, "404 Not Found\n");
+    };
+    out.route = Some(route.clone());
+
+    // Request side of the session seam.
+    let mut store = StoreCalls::new(&shared.store, &shared.metrics);
+    let loaded = if route.session {
+        let loaded = app.session.load(&mut store, req.headers_mut()).await;
+        out.store_time = store.elapsed;
+        match loaded {
+            Ok(loaded) => Some(loaded),
+            Err(e) => {
+                shared.metrics.store_error(&e.error);
+                match session_cfg.on_store_error {
+                    OnStoreError::Fail => {
+                        tracing::warn!(request_id = rid(request_id), error = %e.error, "session store read failed; answering 503");
+                        let mut resp = status_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "503 Service Unavailable\n",
+                        );
+                        resp.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        return resp;
+                    }
+                    OnStoreError::Pass => {
+                        tracing::warn!(request_id = rid(request_id), error = %e.error, "session store read failed; forwarding without a session");
+                        Some(Loaded::unknown(e.id))
+                    }
+                }
+            }
+        }
+    } else {
+        None
+    };
+
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upstream_req = match build_upstream_request(
+        shared,
+        req,
+        &route,
+        peer,
+        host.as_ref(),
+        request_id,
+        upgrade,
+    ) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let (upstream_req, body_sent) = upstream_req;
+
+    let upstream_start = Instant::now();
+    let result = send_with_timeout(shared, upstream_req, body_sent, app.upstream_timeout).await;
+    out.upstream_time = Some(upstream_start.elapsed());
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(status) => {
+            tracing::warn!(request_id = rid(request_id), route = %route.prefix, status = status.as_u16(), "upstream failed");
+            return status_response(status, status_text(status));
+        }
+    };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::remove_hop_by_hop(resp.headers_mut(), switching && upgrade);
+
+    // Response side of the session seam.
+    if let Some(loaded) = loaded {
+        let saved = app
+            .session
+            .save(&mut store, loaded, resp.headers_mut())
+            .await;
+        out.store_time = store.elapsed;
+        match saved {
+            Ok(event) => {
+                out.session = event;
+            }
+            Err(SaveError::BadUpdate(e)) => {
+                tracing::warn!(request_id = rid(request_id), route = %route.prefix, error = %e, "upstream sent a bad session update; nothing written");
+                return status_response(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n");
+            }
+            Err(SaveError::Store(e)) => {
+                shared.metrics.store_error(&e);
+                tracing::warn!(request_id = rid(request_id), route = %route.prefix, error = %e, "session store write failed; answering 503");
+                let mut resp =
+                    status_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return resp;
+            }
+        }
+    }
+    // The protocol headers never reach the client, on any route, in any spelling.
+    protocol::strip_protocol_headers(
+        resp.headers_mut(),
+        &[&session_cfg.update_header, &session_cfg.regenerate_header],
+    );
+
+    if switching {
+        match client_upgrade {
+            Some(client) => {
+                upgrade::tunnel(client, hyper::upgrade::on(&mut resp), request_id.clone())
+            }
+            None => {
+                tracing::warn!(
+                    request_id = rid(request_id),
+                    "upstream switched protocols without being asked"
+                );
+                return status_response(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n");
+            }
+        }
+    }
+    resp.map(http_body_util::Either::Left)
+}
+
+type UpstreamRequest = (Request<UpstreamBody>, oneshot::Receiver<()>);
+
+/// The request as the upstream gets it: absolute URI on the route's upstream, HTTP/1.1,
+/// hop-by-hop headers removed, forwarding headers and request id set, `Host` kept.
+fn build_upstream_request(
+    shared: &Shared,
+    req: Request<Incoming>,
+    route: &Route,
+    peer: SocketAddr,
+    host: Option<&HeaderValue>,
+    request_id: &HeaderValue,
+    upgrade: bool,
+) -> Result<UpstreamRequest, Response<ProxyBody>> {
+    let path = route::upstream_path(route, req.uri().path_and_query());
+    let uri = Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n"))?;
+
+    let (tx, rx) = oneshot::channel();
+    let (parts, body) = req.into_parts();
+    let mut builder = Request::builder()
+        .method(parts.method)
+        .uri(uri)
+        .version(Version::HTTP_11);
+    if let Some(h) = builder.headers_mut() {
+        *h = parts.headers;
+        headers::remove_hop_by_hop(h, upgrade);
+        headers::set_forwarded(h, peer.ip(), shared.https, host);
+        if let Some(host) = host {
+            // HTTP/2 requests have no `Host` header; the upstream speaks HTTP/1.1 and needs one.
+            h.entry(header::HOST).or_insert_with(|| host.clone());
+        }
+        h.insert(&X_REQUEST_ID, request_id.clone());
+    }
+    builder
+        .body(UpstreamBody::new(body, tx))
+        .map(|r| (r, rx))
+        .map_err(|_| status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n"))
+}
+
+/// Sends to the upstream; `upstream_timeout` counts from the end of the request body to the
+/// response headers. Errors are the status to answer: 502 refused or reset, 504 timed out.
+async fn send_with_timeout(
+    shared: &Shared,
+    req: Request<UpstreamBody>,
+    body_sent: oneshot::Receiver<()>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, StatusCode> {
+    let response = shared.client.request(req);
+    let deadline = async {
+        // A dropped sender means the body will never finish; the request future ends first.
+        if body_sent.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        res = response => res.map_err(|e| {
+            tracing::debug!(error = %e, source = ?e.source(), "upstream request error");
+            if is_timeout(&e) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY }
+        }),
+        () = deadline => Err(StatusCode::GATEWAY_TIMEOUT),
+    }
+}
+
+/// A connect that timed out is a 504 like a slow response; anything else is a 502.
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn status_text(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
+        StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
+        _ => "502 Bad Gateway\n",
+    }
+}
+
+pub(crate) fn status_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::local(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

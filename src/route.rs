@@ -1,0 +1,222 @@
+//! Route matching: which `[[route]]` a request goes to.
+//!
+//! Rules (DESIGN.md, "proxy.toml"): a route with `host` is preferred over one without, then the
+//! longest prefix wins; prefixes match on path-segment boundaries; a prefix ending in `/`
+//! matches only below it. The table is sorted once when the config loads, so a lookup is a
+//! linear scan that stops at the first match.
+
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+
+use crate::config::RouteConfig;
+use crate::metrics::{Metrics, RouteMetrics};
+
+/// One route, ready for the hot path.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// The prefix as configured; also the bounded `route` label of logs and metrics.
+    pub prefix: String,
+    /// Lowercased host without port; `None` matches every host.
+    pub host: Option<String>,
+    /// Upstream scheme (always `http`), kept so the forwarded URI is built without parsing.
+    pub scheme: Scheme,
+    /// Upstream `host:port`.
+    pub authority: Authority,
+    /// Whether requests on this route carry a session.
+    pub session: bool,
+    /// Remove the prefix from the path before forwarding.
+    pub strip_prefix: bool,
+    /// This route's metric handles, resolved once.
+    pub metrics: RouteMetrics,
+}
+
+/// All routes in match order: host-specific first, then longest prefix first.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub(crate) fn new(configs: &[RouteConfig], metrics: &Metrics) -> RouteTable {
+        let mut routes: Vec<Arc<Route>> = configs
+            .iter()
+            .map(|c| {
+                Arc::new(Route {
+                    prefix: c.prefix.clone(),
+                    host: c.host.clone(),
+                    scheme: c.upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+                    authority: c
+                        .upstream
+                        .authority()
+                        .cloned()
+                        // Config validation guarantees an authority; this is only a fallback.
+                        .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
+                    session: c.session,
+                    strip_prefix: c.strip_prefix,
+                    metrics: metrics.route(&c.prefix),
+                })
+            })
+            .collect();
+        // Stable sort keeps file order between equals, so ties resolve predictably.
+        routes.sort_by(|a, b| {
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.prefix.len().cmp(&a.prefix.len()))
+        });
+        RouteTable { routes }
+    }
+
+    /// The route for a request, given its `Host` (any case, port allowed) and path.
+    pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let host = host.map(host_without_port);
+        self.routes.iter().find(|r| {
+            let host_ok = match (&r.host, host) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(_), None) => false,
+            };
+            host_ok && prefix_matches(&r.prefix, path)
+        })
+    }
+}
+
+/// `"/app"` matches `/app` and `/app/x`, never `/apple`; `"/static/"` matches only below it.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+/// Strips `:port` from a `Host` value, leaving IPv6 literals (`[::1]:80`) intact.
+fn host_without_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        return &host[..end + 2];
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// The path and query to send upstream: with `strip_prefix`, the prefix is removed and the
+/// path keeps a leading `/` (`/app/x` → `/x`, `/app` → `/`).
+pub(crate) fn upstream_path(route: &Route, pq: Option<&PathAndQuery>) -> PathAndQuery {
+    let Some(pq) = pq else {
+        return PathAndQuery::from_static("/");
+    };
+    if !route.strip_prefix {
+        return pq.clone();
+    }
+    let path = pq.path();
+    let rest = path.strip_prefix(route.prefix.as_str()).unwrap_or(path);
+    let rest = rest.trim_start_matches('/');
+    let mut out = String::with_capacity(rest.len() + 1 + pq.query().map_or(0, |q| q.len() + 1));
+    out.push('/');
+    out.push_str(rest);
+    if let Some(q) = pq.query() {
+        out.push('?');
+        out.push_str(q);
+    }
+    // Built from parts of a valid PathAndQuery, so it parses; fall back to the original.
+    PathAndQuery::try_from(out).unwrap_or_else(|_| pq.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, host: Option<&str>, strip: bool) -> RouteConfig {
+        RouteConfig {
+            prefix: prefix.to_string(),
+            upstream: "http://127.0.0.1:3000".parse().unwrap(),
+            session: true,
+            strip_prefix: strip,
+            host: host.map(str::to_string),
+        }
+    }
+
+    fn table(routes: &[RouteConfig]) -> RouteTable {
+        RouteTable::new(routes, &Metrics::new())
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        assert!(prefix_matches("/app", "/app"));
+        assert!(prefix_matches("/app", "/app/x"));
+        assert!(!prefix_matches("/app", "/apple"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/static/", "/static/a.css"));
+        assert!(!prefix_matches("/static/", "/static"));
+        assert!(!prefix_matches("/app", "/"));
+    }
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_file_order() {
+        let t = table(&[
+            route("/", None, false),
+            route("/api", None, false),
+            route("/api/v2", None, false),
+        ]);
+        assert_eq!(t.find(None, "/api/v2/x").unwrap().prefix, "/api/v2");
+        assert_eq!(t.find(None, "/api/v1").unwrap().prefix, "/api");
+        assert_eq!(t.find(None, "/apix").unwrap().prefix, "/");
+    }
+
+    #[test]
+    fn no_match_is_none() {
+        let t = table(&[route("/app", None, false)]);
+        assert!(t.find(None, "/other").is_none());
+        assert!(t.find(None, "/apple").is_none());
+    }
+
+    #[test]
+    fn host_routes_are_preferred_and_compared_case_insensitively_without_port() {
+        let t = table(&[
+            route("/api", None, false),
+            route("/", Some("app.example.com"), false),
+        ]);
+        assert_eq!(
+            t.find(Some("APP.example.com:8080"), "/api/x")
+                .unwrap()
+                .prefix,
+            "/"
+        );
+        assert_eq!(
+            t.find(Some("other.example.com"), "/api/x").unwrap().prefix,
+            "/api"
+        );
+        assert!(t.find(Some("other.example.com"), "/x").is_none());
+        assert!(t.find(None, "/x").is_none());
+    }
+
+    #[test]
+    fn host_without_port_handles_ipv6() {
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("a.b:1"), "a.b");
+        assert_eq!(host_without_port("a.b"), "a.b");
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash_and_the_query() {
+        let t = table(&[
+            route("/app", None, true),
+            route("/s/", None, true),
+            route("/k", None, false),
+        ]);
+        let path = |p: &str| {
+            let pq: PathAndQuery = p.parse().unwrap();
+            let r = t.find(None, pq.path()).unwrap();
+            upstream_path(r, Some(&pq)).to_string()
+        };
+        assert_eq!(path("/app/x"), "/x");
+        assert_eq!(path("/app"), "/");
+        assert_eq!(path("/app?q=1"), "/?q=1");
+        assert_eq!(path("/app/x/y?q=1"), "/x/y?q=1");
+        assert_eq!(path("/s/a.css"), "/a.css");
+        assert_eq!(path("/k/x?z"), "/k/x?z");
+    }
+}

@@ -1,0 +1,369 @@
+//! The server: binds the listeners, accepts connections (plain or TLS), serves HTTP/1.1 and
+//! HTTP/2 through [`proxy::handle`], swaps the config on reload and drains on shutdown.
+//!
+//! Like mini-redis, [`Server::bind`] returns a value whose addresses tests can read (bind to
+//! port 0), and [`Server::run`] takes the shutdown signal as a future.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::proxy::{self, body::UpstreamBody};
+use crate::route::RouteTable;
+use crate::session::SessionLayer;
+use crate::store::{Store, StoreError};
+use crate::{admin, tls};
+
+/// Timeouts and limits that are not in `proxy.toml`. The defaults suit production; tests
+/// shorten them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A client must send a request's complete headers within this time, and an idle
+    /// keep-alive connection is closed after it (hyper applies its header-read timer to the
+    /// wait for the next request too). Bounds slowloris clients.
+    pub header_read_timeout: Duration,
+    /// TCP connect to an upstream; past it the request gets 504.
+    pub upstream_connect_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this.
+    pub upstream_pool_idle_timeout: Duration,
+    /// A TLS client must finish its handshake within this time.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 pings on an idle connection every this often; a peer that does not answer
+    /// within the same time is dropped.
+    pub http2_keep_alive: Duration,
+    /// Largest request head (HTTP/1 read buffer, HTTP/2 header list). Larger gets 431.
+    pub max_header_bytes: usize,
+}
+
+/// 10 s is plenty for a real client to send its headers and short for a slowloris.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// 64 KiB of request head: far above real browsers, small enough to bound memory per client.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// After a failed `accept` (usually out of file descriptors), wait before trying again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            upstream_pool_idle_timeout: DEFAULT_UPSTREAM_POOL_IDLE_TIMEOUT,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            http2_keep_alive: DEFAULT_HTTP2_KEEP_ALIVE,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("session store: {0}")]
+    Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+}
+
+/// The part of the config that a reload swaps in at once; requests in flight keep the
+/// generation they started with.
+pub(crate) struct App {
+    pub routes: RouteTable,
+    pub session: SessionLayer,
+    pub upstream_timeout: Duration,
+}
+
+impl App {
+    fn new(config: &Config, metrics: &Metrics) -> App {
+        App {
+            routes: RouteTable::new(&config.routes, metrics),
+            session: SessionLayer::new(&config.session, &config.store.key_prefix),
+            upstream_timeout: config.server.upstream_timeout,
+        }
+    }
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub app: ArcSwap<App>,
+    /// Pooled keep-alive HTTP/1.1 client to the upstreams.
+    pub client: Client<HttpConnector, UpstreamBody>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Whether clients reach us over HTTPS (for `X-Forwarded-Proto`).
+    pub https: bool,
+}
+
+/// A bound, ready-to-run proxy.
+pub struct Server {
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    shutdown_grace: Duration,
+    reloader: Reloader,
+}
+
+impl Server {
+    /// Binds the listeners and builds the store (which starts even while Redis is down).
+    pub async fn bind(config: Config, limits: Limits) -> Result<Server, StartError> {
+        let tls = match &config.server.tls {
+            Some(files) => Some(tls::acceptor(files)?),
+            None => None,
+        };
+        let listener = bind(config.server.listen).await?;
+        let admin = match config.server.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let store = Store::connect(&config.store).await?;
+        let metrics = Arc::new(Metrics::new());
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(limits.upstream_pool_idle_timeout)
+            .build(connector);
+
+        let shared = Arc::new(Shared {
+            app: ArcSwap::from_pointee(App::new(&config, &metrics)),
+            client,
+            store,
+            metrics,
+            https: tls.is_some(),
+        });
+        Ok(Server {
+            listener,
+            admin,
+            tls,
+            shutdown_grace: config.server.shutdown_grace,
+            reloader: Reloader {
+                shared: shared.clone(),
+                current: Arc::new(Mutex::new(config)),
+            },
+            shared,
+            limits,
+        })
+    }
+
+    /// The address the proxy listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The admin listener's address, when one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle that swaps in a new config (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// within `shutdown_grace_ms`, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            listener,
+            admin,
+            tls,
+            shared,
+            limits,
+            shutdown_grace,
+            reloader: _,
+        } = self;
+        let builder = connection_builder(&limits);
+        let graceful = GracefulShutdown::new();
+        let (admin_stop, admin_stopped) = watch::channel(false);
+        let admin_task =
+            admin.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stopped)));
+
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let conn = Connection {
+                            shared: shared.clone(),
+                            builder: builder.clone(),
+                            tls: tls.clone(),
+                            watcher: graceful.watcher(),
+                            peer,
+                            tls_timeout: limits.tls_handshake_timeout,
+                        };
+                        tokio::spawn(conn.serve(stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            connections = graceful.count(),
+            grace_ms = shutdown_grace.as_millis() as u64,
+            "shutting down: draining"
+        );
+        match tokio::time::timeout(shutdown_grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("drained"),
+            Err(_) => tracing::warn!("shutdown grace elapsed with requests still in flight"),
+        }
+        let _ = admin_stop.send(true);
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        shared.store.shutdown().await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keep_alive)
+        .keep_alive_timeout(limits.http2_keep_alive)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// One accepted client connection.
+struct Connection {
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    watcher: Watcher,
+    peer: SocketAddr,
+    tls_timeout: Duration,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream) {
+        let metrics = self.shared.metrics.clone();
+        metrics.connection_opened();
+        match self.tls.clone() {
+            None => self.serve_io(stream).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.tls_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => self.serve_io(tls).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+                }
+            }
+        }
+        metrics.connection_closed();
+    }
+
+    async fn serve_io<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            shared,
+            builder,
+            watcher,
+            peer,
+            ..
+        } = self;
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+/// Swaps in a new config for new requests (SIGHUP). Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+    current: Arc<Mutex<Config>>,
+}
+
+impl Reloader {
+    /// Reads and validates `path`; on success swaps routes, session settings, secrets and the
+    /// upstream timeout in at once. An invalid file leaves the running config in place.
+    pub fn reload_from(&self, path: &Path) -> Result<(), ConfigError> {
+        let config = crate::config::load(path)?;
+        self.apply(config);
+        Ok(())
+    }
+
+    /// Swaps `config` in and logs every changed key that only a restart applies.
+    pub fn apply(&self, config: Config) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        for key in current.restart_required_changes(&config) {
+            tracing::warn!(key, "changed in the config file but needs a restart to take effect; keeping the running value");
+        }
+        self.shared
+            .app
+            .store(Arc::new(App::new(&config, &self.shared.metrics)));
+        // Remember the running values of what was not applied, so the next reload compares
+        // against what is really in effect.
+        let mut config = config;
+        config.server.listen = current.server.listen;
+        config.server.admin_listen = current.server.admin_listen;
+        config.server.tls = current.server.tls.clone();
+        config.server.shutdown_grace = current.server.shutdown_grace;
+        config.store.url = current.store.url.clone();
+        config.store.ca_file = current.store.ca_file.clone();
+        config.store.timeout = current.store.timeout;
+        config.store.pool_size = current.store.pool_size;
+        *current = config;
+        tracing::info!("config reloaded");
+    }
+}

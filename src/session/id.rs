@@ -1,0 +1,4 @@
+// TEMPORARY STUB
+pub fn new_id() -> String {
+    String::new()
+}
