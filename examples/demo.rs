@@ -50,10 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let server = Server::bind(config, Limits::default()).await?;
-    println!(
-        "demo app on http://{APP_ADDR}; proxy on http://{}",
-        server.local_addr()
-    );
+    println!("demo app on http://{APP_ADDR}; proxy on http://{}", server.local_addr());
     println!("try: curl -c jar -b jar http://{}/", server.local_addr());
     session_proxy::signals::run_with_signals(server, config_path).await?;
     Ok(())
@@ -84,10 +81,7 @@ async fn legacy_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         _ => {
             let visits = session.get("visits").and_then(Value::as_u64).unwrap_or(0) + 1;
             session.insert("visits".into(), json!(visits));
-            let user = session
-                .get("user")
-                .and_then(Value::as_str)
-                .unwrap_or("anonymous");
+            let user = session.get("user").and_then(Value::as_str).unwrap_or("anonymous");
             format!("hello {user}: visits = {visits}\n")
         }
     };

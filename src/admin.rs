@@ -21,11 +21,7 @@ use crate::server::Shared;
 const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the admin endpoints until `stop` turns true.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "admin listening");
     }
@@ -58,10 +54,7 @@ pub(crate) async fn serve(
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".into(),
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -69,10 +62,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(e) => {
                 shared.metrics.store_error(&e);
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: session store: {e}\n"),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: session store: {e}\n"))
             }
         },
         "/metrics" => {
@@ -90,9 +80,6 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

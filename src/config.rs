@@ -228,17 +228,11 @@ impl Config {
         let (old_store, new_store) = (&self.store, &new.store);
         [
             ("server.listen", old_server.listen != new_server.listen),
-            (
-                "server.admin_listen",
-                old_server.admin_listen != new_server.admin_listen,
-            ),
+            ("server.admin_listen", old_server.admin_listen != new_server.admin_listen),
             ("server.tls_cert/tls_key", old_server.tls != new_server.tls),
             ("store.url", old_store.url != new_store.url),
             ("store.ca_file", old_store.ca_file != new_store.ca_file),
-            (
-                "store.pool_size",
-                old_store.pool_size != new_store.pool_size,
-            ),
+            ("store.pool_size", old_store.pool_size != new_store.pool_size),
             ("store.timeout_ms", old_store.timeout != new_store.timeout),
         ]
         .into_iter()
@@ -260,9 +254,7 @@ impl StoreUrl {
     pub fn is_tls(&self) -> bool {
         match self {
             StoreUrl::Memory => false,
-            StoreUrl::Redis(url) => {
-                url_scheme(url).is_some_and(|s| s.eq_ignore_ascii_case("rediss"))
-            }
+            StoreUrl::Redis(url) => url_scheme(url).is_some_and(|s| s.eq_ignore_ascii_case("rediss")),
         }
     }
 }
@@ -280,10 +272,7 @@ impl fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionConfig")
             .field("cookie_name", &self.cookie_name)
-            .field(
-                "secrets",
-                &format_args!("<{} redacted>", self.secrets.len()),
-            )
+            .field("secrets", &format_args!("<{} redacted>", self.secrets.len()))
             .field("max_age", &self.max_age)
             .field("path", &self.path)
             .field("domain", &self.domain)
@@ -337,10 +326,7 @@ fn redact_userinfo(url: &str) -> String {
 pub enum ConfigError {
     /// The file itself could not be read.
     #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// TOML syntax, an unknown key, or a value of the wrong type. `at` is the key path (when
     /// toml knows it) and the line and column.
     #[error("{at}: {message}")]
@@ -361,10 +347,7 @@ pub enum ConfigError {
 
 /// A validation error for `key`.
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
 /// Turns a toml error into a one-line [`ConfigError::Toml`]. toml's own `Display` would quote
@@ -386,24 +369,15 @@ fn toml_error(mut error: toml::de::Error, text: &str) -> ConfigError {
         (None, Some((line, column))) => format!("line {line}, column {column}"),
         (None, None) => "proxy.toml".to_owned(),
     };
-    ConfigError::Toml {
-        at,
-        message: error.message().to_owned(),
-    }
+    ConfigError::Toml { at, message: error.message().to_owned() }
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
     (line, column)
 }
 
@@ -414,10 +388,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// Reads and validates the config file at `path`, expanding variables from the process
 /// environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     from_toml_str(&text)
 }
 
@@ -435,8 +407,8 @@ pub fn from_toml_str_with_env(
 ) -> Result<Config, ConfigError> {
     let mut document = DeTable::parse(text).map_err(|e| toml_error(e, text))?;
     expand_table(document.get_mut(), "", &env)?;
-    let shape = FileShape::deserialize(toml::de::Deserializer::from(document))
-        .map_err(|e| toml_error(e, text))?;
+    let shape =
+        FileShape::deserialize(toml::de::Deserializer::from(document)).map_err(|e| toml_error(e, text))?;
     Config::try_from(shape)
 }
 
@@ -449,11 +421,8 @@ type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// Expands every string value below `table`, whose key path is `path` ("" at the root).
 fn expand_table(table: &mut DeTable<'_>, path: &str, env: Env<'_>) -> Result<(), ConfigError> {
     for (key, value) in table.iter_mut() {
-        let key_path = if path.is_empty() {
-            key.get_ref().to_string()
-        } else {
-            format!("{path}.{}", key.get_ref())
-        };
+        let key_path =
+            if path.is_empty() { key.get_ref().to_string() } else { format!("{path}.{}", key.get_ref()) };
         expand_value(value.get_mut(), &key_path, env)?;
     }
     Ok(())
@@ -496,10 +465,9 @@ impl ExpandError {
                 key,
                 reason: "a variable name is letters, digits and `_`, not starting with a digit",
             },
-            ExpandError::Nested => ConfigError::BadVar {
-                key,
-                reason: "a default cannot contain another `${`",
-            },
+            ExpandError::Nested => {
+                ConfigError::BadVar { key, reason: "a default cannot contain another `${`" }
+            }
         }
     }
 }
@@ -549,9 +517,7 @@ fn resolve(reference: &str, env: Env<'_>) -> Result<String, ExpandError> {
 /// A portable environment variable name (POSIX): `[A-Za-z_][A-Za-z0-9_]*`.
 fn is_var_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -635,16 +601,10 @@ fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
         }
 
         fn visit_str<E: serde::de::Error>(self, _secret: &str) -> Result<Self::Value, E> {
-            Err(E::invalid_type(
-                serde::de::Unexpected::Other("a string"),
-                &self,
-            ))
+            Err(E::invalid_type(serde::de::Unexpected::Other("a string"), &self))
         }
 
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut secrets = Vec::new();
             while let Some(secret) = seq.next_element()? {
                 secrets.push(secret);
@@ -696,9 +656,7 @@ fn server_config(shape: ServerShape) -> Result<ServerConfig, ConfigError> {
         tls: tls_files(shape.tls_cert, shape.tls_key)?,
         admin_listen,
         upstream_timeout: timeout(
-            shape
-                .upstream_timeout_ms
-                .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
+            shape.upstream_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
             "server.upstream_timeout_ms",
         )?,
         shutdown_grace: timeout(
@@ -709,25 +667,15 @@ fn server_config(shape: ServerShape) -> Result<ServerConfig, ConfigError> {
 }
 
 fn socket_addr(text: &str, key: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse().map_err(|_| {
-        invalid(
-            key,
-            format!("{text:?} is not an IP address and port (such as 127.0.0.1:8080)"),
-        )
-    })
+    text.parse()
+        .map_err(|_| invalid(key, format!("{text:?} is not an IP address and port (such as 127.0.0.1:8080)")))
 }
 
 fn tls_files(cert: Option<String>, key: Option<String>) -> Result<Option<TlsFiles>, ConfigError> {
     match (cert, key) {
         (None, None) => Ok(None),
-        (Some(_), None) => Err(invalid(
-            "server.tls_key",
-            "is required when server.tls_cert is set",
-        )),
-        (None, Some(_)) => Err(invalid(
-            "server.tls_cert",
-            "is required when server.tls_key is set",
-        )),
+        (Some(_), None) => Err(invalid("server.tls_key", "is required when server.tls_cert is set")),
+        (None, Some(_)) => Err(invalid("server.tls_cert", "is required when server.tls_key is set")),
         (Some(cert), Some(key)) => Ok(Some(TlsFiles {
             cert: file_path(cert, "server.tls_cert")?,
             key: file_path(key, "server.tls_key")?,
@@ -745,10 +693,7 @@ fn file_path(text: String, key: &str) -> Result<PathBuf, ConfigError> {
 /// A `*_ms` value: 1..=[`MAX_TIMEOUT_MS`]. Zero would mean every request times out at once.
 fn timeout(ms: u64, key: &str) -> Result<Duration, ConfigError> {
     if ms == 0 || ms > MAX_TIMEOUT_MS {
-        return Err(invalid(
-            key,
-            format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds"),
-        ));
+        return Err(invalid(key, format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds")));
     }
     Ok(Duration::from_millis(ms))
 }
@@ -758,24 +703,16 @@ fn store_config(shape: StoreShape) -> Result<StoreConfig, ConfigError> {
         .map_err(|reason| invalid("store.url", reason))?;
     let ca_file = match shape.ca_file {
         Some(_) if !url.is_tls() => {
-            return Err(invalid(
-                "store.ca_file",
-                "is only used with a rediss:// store.url",
-            ))
+            return Err(invalid("store.ca_file", "is only used with a rediss:// store.url"))
         }
         Some(path) => Some(file_path(path, "store.ca_file")?),
         None => None,
     };
     Ok(StoreConfig {
         url,
-        key_prefix: shape
-            .key_prefix
-            .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
+        key_prefix: shape.key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
         ca_file,
-        timeout: timeout(
-            shape.timeout_ms.unwrap_or(DEFAULT_STORE_TIMEOUT_MS),
-            "store.timeout_ms",
-        )?,
+        timeout: timeout(shape.timeout_ms.unwrap_or(DEFAULT_STORE_TIMEOUT_MS), "store.timeout_ms")?,
         pool_size: pool_size(shape.pool_size)?,
     })
 }
@@ -793,9 +730,7 @@ fn store_url(url: &str) -> Result<StoreUrl, &'static str> {
     if !(scheme.eq_ignore_ascii_case("redis") || scheme.eq_ignore_ascii_case("rediss")) {
         return Err(SCHEMES);
     }
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| "is not a valid redis:// or rediss:// URL")?;
+    let uri: Uri = url.parse().map_err(|_| "is not a valid redis:// or rediss:// URL")?;
     if uri.host().map_or(true, str::is_empty) {
         return Err("has no host");
     }
@@ -808,10 +743,7 @@ fn pool_size(value: Option<u64>) -> Result<usize, ConfigError> {
     };
     match usize::try_from(value) {
         Ok(size @ 1..=MAX_POOL_SIZE) => Ok(size),
-        _ => Err(invalid(
-            "store.pool_size",
-            format!("must be between 1 and {MAX_POOL_SIZE}"),
-        )),
+        _ => Err(invalid("store.pool_size", format!("must be between 1 and {MAX_POOL_SIZE}"))),
     }
 }
 
@@ -823,20 +755,12 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
     };
     // Browsers drop `SameSite=None` cookies that are not `Secure`.
     if same_site == SameSite::None && !secure {
-        return Err(invalid(
-            "session.same_site",
-            "\"none\" requires session.secure = true",
-        ));
+        return Err(invalid("session.same_site", "\"none\" requires session.secure = true"));
     }
     let max_bytes = shape.max_bytes.unwrap_or(DEFAULT_MAX_BYTES as u64);
     let max_bytes = match usize::try_from(max_bytes) {
         Ok(bytes @ 1..=MAX_SESSION_BYTES) => bytes,
-        _ => {
-            return Err(invalid(
-                "session.max_bytes",
-                format!("must be between 1 and {MAX_SESSION_BYTES}"),
-            ))
-        }
+        _ => return Err(invalid("session.max_bytes", format!("must be between 1 and {MAX_SESSION_BYTES}"))),
     };
     let max_age = shape.max_age.unwrap_or(DEFAULT_MAX_AGE_SECS);
     if max_age == 0 {
@@ -844,21 +768,11 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
     }
     let [header, update_header, regenerate_header] = session_headers(
         shape.header.as_deref().unwrap_or(DEFAULT_HEADER),
-        shape
-            .update_header
-            .as_deref()
-            .unwrap_or(DEFAULT_UPDATE_HEADER),
-        shape
-            .regenerate_header
-            .as_deref()
-            .unwrap_or(DEFAULT_REGENERATE_HEADER),
+        shape.update_header.as_deref().unwrap_or(DEFAULT_UPDATE_HEADER),
+        shape.regenerate_header.as_deref().unwrap_or(DEFAULT_REGENERATE_HEADER),
     )?;
     Ok(SessionConfig {
-        cookie_name: cookie_name(
-            shape
-                .cookie_name
-                .unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_owned()),
-        )?,
+        cookie_name: cookie_name(shape.cookie_name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_owned()))?,
         secrets: secrets(shape.secrets)?,
         max_age,
         path: cookie_path(shape.path.unwrap_or_else(|| DEFAULT_COOKIE_PATH.to_owned()))?,
@@ -866,9 +780,7 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
         secure,
         http_only: shape.http_only.unwrap_or(DEFAULT_HTTP_ONLY),
         same_site,
-        save_uninitialized: shape
-            .save_uninitialized
-            .unwrap_or(DEFAULT_SAVE_UNINITIALIZED),
+        save_uninitialized: shape.save_uninitialized.unwrap_or(DEFAULT_SAVE_UNINITIALIZED),
         rolling: shape.rolling.unwrap_or(DEFAULT_ROLLING),
         header,
         update_header,
@@ -888,10 +800,7 @@ fn secrets(secrets: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
         return Err(invalid("session.secrets", "needs at least one secret"));
     }
     if let Some(index) = secrets.iter().position(String::is_empty) {
-        return Err(invalid(
-            format!("session.secrets[{index}]"),
-            "must not be empty",
-        ));
+        return Err(invalid(format!("session.secrets[{index}]"), "must not be empty"));
     }
     Ok(secrets)
 }
@@ -918,14 +827,8 @@ fn cookie_path(path: String) -> Result<String, ConfigError> {
     if !path.starts_with('/') {
         return Err(invalid("session.path", "must start with '/'"));
     }
-    if !path
-        .bytes()
-        .all(|b| b.is_ascii() && !b.is_ascii_control() && b != b';')
-    {
-        return Err(invalid(
-            "session.path",
-            "must not contain ';', control or non-ASCII characters",
-        ));
+    if !path.bytes().all(|b| b.is_ascii() && !b.is_ascii_control() && b != b';') {
+        return Err(invalid("session.path", "must not contain ';', control or non-ASCII characters"));
     }
     Ok(path)
 }
@@ -934,10 +837,7 @@ fn cookie_path(path: String) -> Result<String, ConfigError> {
 /// (an internationalised domain must be given in its `xn--` form).
 fn cookie_domain(domain: String) -> Result<String, ConfigError> {
     if domain.is_empty() {
-        return Err(invalid(
-            "session.domain",
-            "must not be empty (leave it out for a host-only cookie)",
-        ));
+        return Err(invalid("session.domain", "must not be empty (leave it out for a host-only cookie)"));
     }
     if !domain.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
         return Err(invalid(
@@ -953,10 +853,7 @@ fn same_site(text: &str) -> Result<SameSite, ConfigError> {
         "strict" => Ok(SameSite::Strict),
         "lax" => Ok(SameSite::Lax),
         "none" => Ok(SameSite::None),
-        _ => Err(invalid(
-            "session.same_site",
-            format!("{text:?} is not \"strict\", \"lax\" or \"none\""),
-        )),
+        _ => Err(invalid("session.same_site", format!("{text:?} is not \"strict\", \"lax\" or \"none\""))),
     }
 }
 
@@ -964,21 +861,14 @@ fn on_store_error(text: &str) -> Result<OnStoreError, ConfigError> {
     match text.to_ascii_lowercase().as_str() {
         "fail" => Ok(OnStoreError::Fail),
         "pass" => Ok(OnStoreError::Pass),
-        _ => Err(invalid(
-            "session.on_store_error",
-            format!("{text:?} is not \"fail\" or \"pass\""),
-        )),
+        _ => Err(invalid("session.on_store_error", format!("{text:?} is not \"fail\" or \"pass\""))),
     }
 }
 
 /// The three protocol header names, lowercased and checked to be distinct (and not reserved)
 /// after normalisation: the proxy strips client headers by the normalised name, so two names
 /// that normalise alike would make one strip the other.
-fn session_headers(
-    header: &str,
-    update: &str,
-    regenerate: &str,
-) -> Result<[HeaderName; 3], ConfigError> {
+fn session_headers(header: &str, update: &str, regenerate: &str) -> Result<[HeaderName; 3], ConfigError> {
     let named = [
         ("session.header", header),
         ("session.update_header", update),
@@ -987,14 +877,10 @@ fn session_headers(
     for (i, (key, name)) in named.iter().enumerate() {
         let normalised = normalise_header_name(name);
         if RESERVED_HEADER_NAMES.contains(&normalised.as_str()) {
-            return Err(invalid(
-                *key,
-                format!("{name:?} is a header the proxy itself relies on"),
-            ));
+            return Err(invalid(*key, format!("{name:?} is a header the proxy itself relies on")));
         }
-        if let Some((earlier, _)) = named[..i]
-            .iter()
-            .find(|(_, other)| normalise_header_name(other) == normalised)
+        if let Some((earlier, _)) =
+            named[..i].iter().find(|(_, other)| normalise_header_name(other) == normalised)
         {
             return Err(invalid(
                 *key,
@@ -1027,10 +913,7 @@ fn route_configs(shapes: Vec<RouteShape>) -> Result<Vec<RouteConfig>, ConfigErro
     for (index, shape) in shapes.into_iter().enumerate() {
         let route = route_config(shape, index)?;
         // Two routes with the same host and prefix: the second could never match.
-        if let Some(earlier) = routes
-            .iter()
-            .position(|r| r.host == route.host && r.prefix == route.prefix)
-        {
+        if let Some(earlier) = routes.iter().position(|r| r.host == route.host && r.prefix == route.prefix) {
             return Err(invalid(
                 format!("route[{index}]"),
                 format!("has the same host and prefix as route[{earlier}]"),
@@ -1065,10 +948,7 @@ fn route_prefix(prefix: &str) -> Result<(), &'static str> {
     if !prefix.starts_with('/') {
         return Err("must start with '/'");
     }
-    if prefix
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
-    {
+    if prefix.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
         return Err("must be a path: no spaces, control characters, '?' or '#'");
     }
     Ok(())
@@ -1139,10 +1019,7 @@ upstream = "http://127.0.0.1:3000"
 
     /// An environment holding exactly `vars`.
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
@@ -1151,37 +1028,24 @@ upstream = "http://127.0.0.1:3000"
     }
 
     fn error(text: &str) -> String {
-        from_toml_str_with_env(text, no_env)
-            .unwrap_err()
-            .to_string()
+        from_toml_str_with_env(text, no_env).unwrap_err().to_string()
     }
 
     /// MINIMAL with `line` added at the top of `table` (`server`, `store`, `session`, `route`).
     fn with(table: &str, line: &str) -> String {
-        let header = if table == "route" {
-            "[[route]]\n".to_owned()
-        } else {
-            format!("[{table}]\n")
-        };
+        let header = if table == "route" { "[[route]]\n".to_owned() } else { format!("[{table}]\n") };
         MINIMAL.replacen(&header, &format!("{header}{line}\n"), 1)
     }
 
     /// MINIMAL with `line` replacing the line that starts with `start`.
     fn replacing(start: &str, line: &str) -> String {
-        MINIMAL
-            .lines()
-            .map(|l| if l.starts_with(start) { line } else { l })
-            .collect::<Vec<_>>()
-            .join("\n")
+        MINIMAL.lines().map(|l| if l.starts_with(start) { line } else { l }).collect::<Vec<_>>().join("\n")
     }
 
     /// Asserts the error message starts with `key` (the key is always named first).
     fn assert_error_names(text: &str, key: &str) -> String {
         let message = error(text);
-        assert!(
-            message.starts_with(key),
-            "expected an error about {key}, got: {message}"
-        );
+        assert!(message.starts_with(key), "expected an error about {key}, got: {message}");
         message
     }
 
@@ -1237,8 +1101,7 @@ session = true                     # default true
     #[test]
     fn design_example_parses() {
         let config =
-            from_toml_str_with_env(DESIGN_EXAMPLE, env(&[("SESSION_SECRET", "top-secret")]))
-                .unwrap();
+            from_toml_str_with_env(DESIGN_EXAMPLE, env(&[("SESSION_SECRET", "top-secret")])).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.store.url, StoreUrl::Memory);
         assert_eq!(config.store.key_prefix, "_session:");
@@ -1251,17 +1114,12 @@ session = true                     # default true
         assert_eq!(config.routes[1].prefix, "/");
         assert!(config.routes[1].session);
         assert_eq!(config.routes[1].upstream.scheme_str(), Some("http"));
-        assert_eq!(
-            config.routes[1].upstream.authority().unwrap().as_str(),
-            "127.0.0.1:3000"
-        );
+        assert_eq!(config.routes[1].upstream.authority().unwrap().as_str(), "127.0.0.1:3000");
     }
 
     #[test]
     fn design_example_without_secret_names_the_variable() {
-        let message = from_toml_str_with_env(DESIGN_EXAMPLE, no_env)
-            .unwrap_err()
-            .to_string();
+        let message = from_toml_str_with_env(DESIGN_EXAMPLE, no_env).unwrap_err().to_string();
         assert!(message.starts_with("session.secrets[0]:"), "{message}");
         assert!(message.contains("SESSION_SECRET"), "{message}");
     }
@@ -1345,17 +1203,8 @@ host = "App.Example.com:443"
 "#;
         let config = parse(text);
         assert_eq!(config.server.listen, "[::1]:8443".parse().unwrap());
-        assert_eq!(
-            config.server.tls,
-            Some(TlsFiles {
-                cert: "cert.pem".into(),
-                key: "key.pem".into()
-            })
-        );
-        assert_eq!(
-            config.server.admin_listen,
-            Some("127.0.0.1:9901".parse().unwrap())
-        );
+        assert_eq!(config.server.tls, Some(TlsFiles { cert: "cert.pem".into(), key: "key.pem".into() }));
+        assert_eq!(config.server.admin_listen, Some("127.0.0.1:9901".parse().unwrap()));
         assert_eq!(config.server.upstream_timeout, Duration::from_millis(5000));
         assert_eq!(config.server.shutdown_grace, Duration::from_millis(100));
         assert!(config.store.url.is_tls());
@@ -1377,10 +1226,7 @@ host = "App.Example.com:443"
         assert_eq!(session.max_bytes, 4096);
         assert_eq!(session.on_store_error, OnStoreError::Pass);
         let route = &config.routes[0];
-        assert_eq!(
-            route.upstream.authority().unwrap().as_str(),
-            "localhost:3000"
-        );
+        assert_eq!(route.upstream.authority().unwrap().as_str(), "localhost:3000");
         assert_eq!(route.upstream.path(), "/");
         assert!(!route.session);
         assert!(route.strip_prefix);
@@ -1393,10 +1239,7 @@ host = "App.Example.com:443"
     fn syntax_error_gives_line_and_column() {
         let message = error("[server]\nlisten = \"127.0.0.1:8080\"\nsecrets = [\"abc\n");
         assert!(message.contains("line 3"), "{message}");
-        assert!(
-            !message.contains("abc"),
-            "the offending line must not be quoted: {message}"
-        );
+        assert!(!message.contains("abc"), "the offending line must not be quoted: {message}");
     }
 
     #[test]
@@ -1407,12 +1250,9 @@ host = "App.Example.com:443"
 
     #[test]
     fn unknown_key_in_each_table_is_rejected() {
-        for (table, path) in [
-            ("server", "server"),
-            ("store", "store"),
-            ("session", "session"),
-            ("route", "route"),
-        ] {
+        for (table, path) in
+            [("server", "server"), ("store", "store"), ("session", "session"), ("route", "route")]
+        {
             let message = assert_error_names(&with(table, "bogus_key = 1"), path);
             assert!(message.contains("unknown field `bogus_key`"), "{message}");
             assert!(message.contains("line "), "{message}");
@@ -1427,10 +1267,7 @@ host = "App.Example.com:443"
 
     #[test]
     fn secrets_as_a_string_does_not_echo_it() {
-        let message = assert_error_names(
-            &replacing("secrets", "secrets = \"hunter2\""),
-            "session.secrets",
-        );
+        let message = assert_error_names(&replacing("secrets", "secrets = \"hunter2\""), "session.secrets");
         assert!(!message.contains("hunter2"), "{message}");
     }
 
@@ -1442,23 +1279,14 @@ host = "App.Example.com:443"
 
     #[test]
     fn expands_plain_variable() {
-        assert_eq!(
-            expand("a${X}b${Y}", &[("X", "1"), ("Y", "2")]),
-            Ok(Some("a1b2".to_owned()))
-        );
+        assert_eq!(expand("a${X}b${Y}", &[("X", "1"), ("Y", "2")]), Ok(Some("a1b2".to_owned())));
     }
 
     #[test]
     fn expands_default_when_unset_or_empty() {
         assert_eq!(expand("${X:-dflt}", &[]), Ok(Some("dflt".to_owned())));
-        assert_eq!(
-            expand("${X:-dflt}", &[("X", "")]),
-            Ok(Some("dflt".to_owned()))
-        );
-        assert_eq!(
-            expand("${X:-dflt}", &[("X", "set")]),
-            Ok(Some("set".to_owned()))
-        );
+        assert_eq!(expand("${X:-dflt}", &[("X", "")]), Ok(Some("dflt".to_owned())));
+        assert_eq!(expand("${X:-dflt}", &[("X", "set")]), Ok(Some("set".to_owned())));
     }
 
     #[test]
@@ -1475,20 +1303,13 @@ host = "App.Example.com:443"
 
     #[test]
     fn expanded_values_are_not_expanded_again() {
-        assert_eq!(
-            expand("${X}", &[("X", "${Y}"), ("Y", "no")]),
-            Ok(Some("${Y}".to_owned()))
-        );
+        assert_eq!(expand("${X}", &[("X", "${Y}"), ("Y", "no")]), Ok(Some("${Y}".to_owned())));
     }
 
     #[test]
     fn unterminated_reference_is_an_error() {
-        assert_eq!(
-            expand("abc${X", &[("X", "1")]),
-            Err(ExpandError::Unterminated)
-        );
-        let message =
-            assert_error_names(&replacing("listen", "listen = \"${PORT\""), "server.listen");
+        assert_eq!(expand("abc${X", &[("X", "1")]), Err(ExpandError::Unterminated));
+        let message = assert_error_names(&replacing("listen", "listen = \"${PORT\""), "server.listen");
         assert!(message.contains("closing"), "{message}");
     }
 
@@ -1511,12 +1332,8 @@ host = "App.Example.com:443"
     fn variables_expand_everywhere_including_arrays() {
         let text = replacing("secrets", "secrets = [\"${A}\", \"${B:-fallback}\"]")
             .replace("\"127.0.0.1:8080\"", "\"${HOST:-127.0.0.1}:${PORT}\"");
-        let config =
-            from_toml_str_with_env(&text, env(&[("A", "first"), ("PORT", "9000")])).unwrap();
-        assert_eq!(
-            config.session.secrets,
-            vec!["first".to_owned(), "fallback".to_owned()]
-        );
+        let config = from_toml_str_with_env(&text, env(&[("A", "first"), ("PORT", "9000")])).unwrap();
+        assert_eq!(config.session.secrets, vec!["first".to_owned(), "fallback".to_owned()]);
         assert_eq!(config.server.listen, "127.0.0.1:9000".parse().unwrap());
     }
 
@@ -1552,10 +1369,8 @@ host = "App.Example.com:443"
 
     #[test]
     fn secrets_must_not_be_empty_strings() {
-        let message = assert_error_names(
-            &replacing("secrets", "secrets = [\"ok\", \"\"]"),
-            "session.secrets[1]",
-        );
+        let message =
+            assert_error_names(&replacing("secrets", "secrets = [\"ok\", \"\"]"), "session.secrets[1]");
         assert!(!message.contains("ok"), "{message}");
     }
 
@@ -1575,34 +1390,22 @@ host = "App.Example.com:443"
 
     #[test]
     fn listen_must_be_a_socket_address() {
-        assert_error_names(
-            &replacing("listen", "listen = \"localhost:8080\""),
-            "server.listen",
-        );
+        assert_error_names(&replacing("listen", "listen = \"localhost:8080\""), "server.listen");
     }
 
     #[test]
     fn admin_listen_must_be_a_socket_address() {
-        assert_error_names(
-            &with("server", "admin_listen = \"9901\""),
-            "server.admin_listen",
-        );
+        assert_error_names(&with("server", "admin_listen = \"9901\""), "server.admin_listen");
     }
 
     #[test]
     fn admin_listen_must_differ_from_listen() {
-        assert_error_names(
-            &with("server", "admin_listen = \"127.0.0.1:8080\""),
-            "server.admin_listen",
-        );
+        assert_error_names(&with("server", "admin_listen = \"127.0.0.1:8080\""), "server.admin_listen");
     }
 
     #[test]
     fn admin_and_public_may_both_use_port_zero() {
-        let text = replacing(
-            "listen",
-            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
-        );
+        let text = replacing("listen", "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"");
         assert!(parse(&text).server.admin_listen.is_some());
     }
 
@@ -1610,22 +1413,13 @@ host = "App.Example.com:443"
     fn tls_cert_needs_tls_key_and_back() {
         assert_error_names(&with("server", "tls_cert = \"c.pem\""), "server.tls_key");
         assert_error_names(&with("server", "tls_key = \"k.pem\""), "server.tls_cert");
-        assert_error_names(
-            &with("server", "tls_cert = \"\"\ntls_key = \"k.pem\""),
-            "server.tls_cert",
-        );
+        assert_error_names(&with("server", "tls_cert = \"\"\ntls_key = \"k.pem\""), "server.tls_cert");
     }
 
     #[test]
     fn timeouts_must_be_positive_and_bounded() {
-        assert_error_names(
-            &with("server", "upstream_timeout_ms = 0"),
-            "server.upstream_timeout_ms",
-        );
-        assert_error_names(
-            &with("server", "shutdown_grace_ms = 0"),
-            "server.shutdown_grace_ms",
-        );
+        assert_error_names(&with("server", "upstream_timeout_ms = 0"), "server.upstream_timeout_ms");
+        assert_error_names(&with("server", "shutdown_grace_ms = 0"), "server.shutdown_grace_ms");
         assert_error_names(&with("store", "timeout_ms = 0"), "store.timeout_ms");
         assert_error_names(&with("store", "timeout_ms = 86400001"), "store.timeout_ms");
         assert_error_names(&with("store", "timeout_ms = -5"), "store.timeout_ms");
@@ -1650,18 +1444,11 @@ host = "App.Example.com:443"
 
     #[test]
     fn redis_url_needs_a_host_and_is_never_echoed() {
-        for url in [
-            "redis://",
-            "redis://:hunter2@",
-            "rediss://user:hunter2@ho st:1",
-            "redis://:hunter2@:6379",
-        ] {
-            let message =
-                assert_error_names(&with("store", &format!("url = \"{url}\"")), "store.url");
-            assert!(
-                !message.contains("hunter2") && !message.contains("ho st"),
-                "{message}"
-            );
+        for url in
+            ["redis://", "redis://:hunter2@", "rediss://user:hunter2@ho st:1", "redis://:hunter2@:6379"]
+        {
+            let message = assert_error_names(&with("store", &format!("url = \"{url}\"")), "store.url");
+            assert!(!message.contains("hunter2") && !message.contains("ho st"), "{message}");
         }
     }
 
@@ -1688,10 +1475,7 @@ host = "App.Example.com:443"
         assert_eq!(bare.redacted(), "redis://***@h:6379");
         let plain = StoreUrl::Redis("redis://h:6379".to_owned());
         assert_eq!(plain.redacted(), "redis://h:6379");
-        assert_eq!(
-            StoreUrl::Redis("garbage:hunter2".to_owned()).redacted(),
-            "***"
-        );
+        assert_eq!(StoreUrl::Redis("garbage:hunter2".to_owned()).redacted(), "***");
         assert_eq!(StoreUrl::Memory.redacted(), "memory://");
     }
 
@@ -1706,25 +1490,16 @@ host = "App.Example.com:443"
 
     #[test]
     fn secrets_are_not_in_debug_output() {
-        let config = parse(&replacing(
-            "secrets",
-            "secrets = [\"hunter2\", \"older-secret\"]",
-        ));
+        let config = parse(&replacing("secrets", "secrets = [\"hunter2\", \"older-secret\"]"));
         let debug = format!("{config:?}");
-        assert!(
-            !debug.contains("hunter2") && !debug.contains("older-secret"),
-            "{debug}"
-        );
+        assert!(!debug.contains("hunter2") && !debug.contains("older-secret"), "{debug}");
         assert!(debug.contains("<2 redacted>"), "{debug}");
     }
 
     #[test]
     fn cookie_name_must_be_a_token() {
         for bad in ["", "a b", "a;b", "a=b", "sé"] {
-            assert_error_names(
-                &with("session", &format!("cookie_name = \"{bad}\"")),
-                "session.cookie_name",
-            );
+            assert_error_names(&with("session", &format!("cookie_name = \"{bad}\"")), "session.cookie_name");
         }
     }
 
@@ -1743,25 +1518,14 @@ host = "App.Example.com:443"
     #[test]
     fn domain_must_be_clean() {
         for bad in ["", "a b.com", "a.com;x", "a\\tb"] {
-            assert_error_names(
-                &with("session", &format!("domain = \"{bad}\"")),
-                "session.domain",
-            );
+            assert_error_names(&with("session", &format!("domain = \"{bad}\"")), "session.domain");
         }
     }
 
     #[test]
     fn same_site_values() {
-        assert_eq!(
-            parse(&with("session", "same_site = \"STRICT\""))
-                .session
-                .same_site,
-            SameSite::Strict
-        );
-        assert_error_names(
-            &with("session", "same_site = \"sometimes\""),
-            "session.same_site",
-        );
+        assert_eq!(parse(&with("session", "same_site = \"STRICT\"")).session.same_site, SameSite::Strict);
+        assert_error_names(&with("session", "same_site = \"sometimes\""), "session.same_site");
     }
 
     #[test]
@@ -1773,14 +1537,8 @@ host = "App.Example.com:443"
     #[test]
     fn header_names_must_be_valid() {
         assert_error_names(&with("session", "header = \"x session\""), "session.header");
-        assert_error_names(
-            &with("session", "update_header = \"\""),
-            "session.update_header",
-        );
-        assert_error_names(
-            &with("session", "regenerate_header = \"x:y\""),
-            "session.regenerate_header",
-        );
+        assert_error_names(&with("session", "update_header = \"\""), "session.update_header");
+        assert_error_names(&with("session", "regenerate_header = \"x:y\""), "session.regenerate_header");
     }
 
     #[test]
@@ -1791,10 +1549,8 @@ host = "App.Example.com:443"
 
     #[test]
     fn header_names_must_be_distinct_after_normalisation() {
-        let message = assert_error_names(
-            &with("session", "update_header = \"X_Session\""),
-            "session.update_header",
-        );
+        let message =
+            assert_error_names(&with("session", "update_header = \"X_Session\""), "session.update_header");
         assert!(message.contains("session.header"), "{message}");
         let text = with("session", "regenerate_header = \"x-session-update\"");
         assert_error_names(&text, "session.regenerate_header");
@@ -1809,26 +1565,16 @@ host = "App.Example.com:443"
     fn max_bytes_is_bounded() {
         assert_error_names(&with("session", "max_bytes = 0"), "session.max_bytes");
         assert_error_names(&with("session", "max_bytes = 1048577"), "session.max_bytes");
-        assert_eq!(
-            parse(&with("session", "max_bytes = 1048576"))
-                .session
-                .max_bytes,
-            1_048_576
-        );
+        assert_eq!(parse(&with("session", "max_bytes = 1048576")).session.max_bytes, 1_048_576);
     }
 
     #[test]
     fn on_store_error_values() {
         assert_eq!(
-            parse(&with("session", "on_store_error = \"pass\""))
-                .session
-                .on_store_error,
+            parse(&with("session", "on_store_error = \"pass\"")).session.on_store_error,
             OnStoreError::Pass
         );
-        assert_error_names(
-            &with("session", "on_store_error = \"retry\""),
-            "session.on_store_error",
-        );
+        assert_error_names(&with("session", "on_store_error = \"retry\""), "session.on_store_error");
     }
 
     // --- routes -------------------------------------------------------------------------------
@@ -1850,21 +1596,14 @@ host = "App.Example.com:443"
             "http://",
             "not a uri",
         ] {
-            assert_error_names(
-                &replacing("upstream", &format!("upstream = \"{bad}\"")),
-                "route[0].upstream",
-            );
+            assert_error_names(&replacing("upstream", &format!("upstream = \"{bad}\"")), "route[0].upstream");
         }
     }
 
     #[test]
     fn upstream_keeps_scheme_and_authority_only() {
-        let uri = &parse(&replacing(
-            "upstream",
-            "upstream = \"http://Example.com:8080/\"",
-        ))
-        .routes[0]
-            .upstream;
+        let uri =
+            &parse(&replacing("upstream", "upstream = \"http://Example.com:8080/\"")).routes[0].upstream;
         assert_eq!(uri.scheme(), Some(&Scheme::HTTP));
         assert_eq!(uri.authority().unwrap().port_u16(), Some(8080));
         assert_eq!(uri.path(), "/");
@@ -1873,16 +1612,9 @@ host = "App.Example.com:443"
 
     #[test]
     fn host_is_lowercased_without_port() {
-        let host = |h: &str| {
-            parse(&with("route", &format!("host = \"{h}\""))).routes[0]
-                .host
-                .clone()
-        };
+        let host = |h: &str| parse(&with("route", &format!("host = \"{h}\""))).routes[0].host.clone();
         assert_eq!(host("App.Example.COM").as_deref(), Some("app.example.com"));
-        assert_eq!(
-            host("app.example.com:8443").as_deref(),
-            Some("app.example.com")
-        );
+        assert_eq!(host("app.example.com:8443").as_deref(), Some("app.example.com"));
         assert_eq!(host("[::1]:80").as_deref(), Some("[::1]"));
         assert_error_names(&with("route", "host = \"\""), "route[0].host");
         assert_error_names(&with("route", "host = \"a/b\""), "route[0].host");
@@ -1929,16 +1661,10 @@ upstream = "http://h:2"
         new.session.rolling = true;
         new.store.key_prefix = "other:".to_owned();
         new.server.upstream_timeout = Duration::from_secs(1);
-        assert!(
-            old.restart_required_changes(&new).is_empty(),
-            "live-reloadable keys"
-        );
+        assert!(old.restart_required_changes(&new).is_empty(), "live-reloadable keys");
         new.server.listen = "127.0.0.1:9999".parse().unwrap();
         new.server.admin_listen = Some("127.0.0.1:9901".parse().unwrap());
-        new.server.tls = Some(TlsFiles {
-            cert: "c".into(),
-            key: "k".into(),
-        });
+        new.server.tls = Some(TlsFiles { cert: "c".into(), key: "k".into() });
         new.store.url = StoreUrl::Redis("redis://h:1".to_owned());
         new.store.ca_file = Some("ca.pem".into());
         new.store.pool_size = 3;

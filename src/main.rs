@@ -24,19 +24,13 @@ fn main() -> ExitCode {
     let config = match session_proxy::config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "session-proxy: invalid config {}: {e}",
-                args.config.display()
-            );
+            eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
             return ExitCode::from(2);
         }
     };
     if let Some(files) = &config.server.tls {
         if let Err(e) = session_proxy::tls::acceptor(files) {
-            eprintln!(
-                "session-proxy: invalid config {}: {e}",
-                args.config.display()
-            );
+            eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
             return ExitCode::from(2);
         }
     }
@@ -48,10 +42,7 @@ fn main() -> ExitCode {
     // One process-wide rustls provider, in case a dependency builds a config without naming one.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("session-proxy: cannot start the runtime: {e}");
@@ -80,15 +71,9 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init();
+        builder.json().flatten_event(true).with_current_span(false).init();
     } else {
         builder.init();
     }

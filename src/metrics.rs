@@ -93,38 +93,27 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("session_proxy");
         let requests = Family::<RouteStatusLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by route prefix and status class",
-            requests.clone(),
-        );
-        let request_duration: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        registry.register("requests", "Requests by route prefix and status class", requests.clone());
+        let request_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "request_duration_seconds",
             "Time from request to response headers, by route prefix",
             request_duration.clone(),
         );
-        let upstream_duration: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+        let upstream_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "upstream_duration_seconds",
             "Time the upstream took to answer with headers, by route prefix",
             upstream_duration.clone(),
         );
-        let store_duration: HistogramFamily<CommandLabels> =
-            Family::new_with_constructor(store_histogram);
+        let store_duration: HistogramFamily<CommandLabels> = Family::new_with_constructor(store_histogram);
         registry.register(
             "store_command_duration_seconds",
             "Store command round trips",
             store_duration.clone(),
         );
         let store_errors = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "store_errors",
-            "Failed store commands by kind",
-            store_errors.clone(),
-        );
+        registry.register("store_errors", "Failed store commands by kind", store_errors.clone());
         let sessions = Family::<EventLabels, Counter>::default();
         registry.register(
             "sessions",
@@ -144,11 +133,7 @@ impl Metrics {
             forged_headers.clone(),
         );
         let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Open client connections",
-            open_connections.clone(),
-        );
+        registry.register("open_connections", "Open client connections", open_connections.clone());
 
         let mut metrics = Metrics {
             registry,
@@ -172,17 +157,10 @@ impl Metrics {
         let route = prefix.to_string();
         RouteMetrics {
             requests: STATUS_CLASSES.map(|status| {
-                self.requests.get_or_create_owned(&RouteStatusLabels {
-                    route: route.clone(),
-                    status,
-                })
+                self.requests.get_or_create_owned(&RouteStatusLabels { route: route.clone(), status })
             }),
-            duration: self.request_duration.get_or_create_owned(&RouteLabels {
-                route: route.clone(),
-            }),
-            upstream: self
-                .upstream_duration
-                .get_or_create_owned(&RouteLabels { route }),
+            duration: self.request_duration.get_or_create_owned(&RouteLabels { route: route.clone() }),
+            upstream: self.upstream_duration.get_or_create_owned(&RouteLabels { route }),
         }
     }
 
@@ -213,15 +191,11 @@ impl Metrics {
     }
 
     pub(crate) fn store_command(&self, command: &'static str, duration: Duration) {
-        self.store_duration
-            .get_or_create(&CommandLabels { command })
-            .observe(duration.as_secs_f64());
+        self.store_duration.get_or_create(&CommandLabels { command }).observe(duration.as_secs_f64());
     }
 
     pub(crate) fn store_error(&self, error: &StoreError) {
-        self.store_errors
-            .get_or_create(&KindLabels { kind: error.kind() })
-            .inc();
+        self.store_errors.get_or_create(&KindLabels { kind: error.kind() }).inc();
     }
 
     pub(crate) fn cookie_rejected(&self) {
@@ -275,29 +249,11 @@ mod tests {
             Some(Duration::from_millis(2)),
             SessionEvent::Created,
         );
-        m.observe_request(
-            None,
-            StatusCode::NOT_FOUND,
-            Duration::from_millis(1),
-            None,
-            SessionEvent::None,
-        );
+        m.observe_request(None, StatusCode::NOT_FOUND, Duration::from_millis(1), None, SessionEvent::None);
         let text = m.encode();
-        assert!(
-            text.contains(r#"session_proxy_requests_total{route="/api",status="2xx"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"session_proxy_requests_total{route="-",status="4xx"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"session_proxy_sessions_total{event="created"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"session_proxy_upstream_duration_seconds_count{route="/api"} 1"#),
-            "{text}"
-        );
+        assert!(text.contains(r#"session_proxy_requests_total{route="/api",status="2xx"} 1"#), "{text}");
+        assert!(text.contains(r#"session_proxy_requests_total{route="-",status="4xx"} 1"#), "{text}");
+        assert!(text.contains(r#"session_proxy_sessions_total{event="created"} 1"#), "{text}");
+        assert!(text.contains(r#"session_proxy_upstream_duration_seconds_count{route="/api"} 1"#), "{text}");
     }
 }

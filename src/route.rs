@@ -60,10 +60,7 @@ impl RouteTable {
             .collect();
         // Stable sort keeps file order between equals, so ties resolve predictably.
         routes.sort_by(|a, b| {
-            b.host
-                .is_some()
-                .cmp(&a.host.is_some())
-                .then(b.prefix.len().cmp(&a.prefix.len()))
+            b.host.is_some().cmp(&a.host.is_some()).then(b.prefix.len().cmp(&a.prefix.len()))
         });
         RouteTable { routes }
     }
@@ -155,11 +152,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_whatever_the_file_order() {
-        let t = table(&[
-            route("/", None, false),
-            route("/api", None, false),
-            route("/api/v2", None, false),
-        ]);
+        let t = table(&[route("/", None, false), route("/api", None, false), route("/api/v2", None, false)]);
         assert_eq!(t.find(None, "/api/v2/x").unwrap().prefix, "/api/v2");
         assert_eq!(t.find(None, "/api/v1").unwrap().prefix, "/api");
         assert_eq!(t.find(None, "/apix").unwrap().prefix, "/");
@@ -174,20 +167,9 @@ mod tests {
 
     #[test]
     fn host_routes_are_preferred_and_compared_case_insensitively_without_port() {
-        let t = table(&[
-            route("/api", None, false),
-            route("/", Some("app.example.com"), false),
-        ]);
-        assert_eq!(
-            t.find(Some("APP.example.com:8080"), "/api/x")
-                .unwrap()
-                .prefix,
-            "/"
-        );
-        assert_eq!(
-            t.find(Some("other.example.com"), "/api/x").unwrap().prefix,
-            "/api"
-        );
+        let t = table(&[route("/api", None, false), route("/", Some("app.example.com"), false)]);
+        assert_eq!(t.find(Some("APP.example.com:8080"), "/api/x").unwrap().prefix, "/");
+        assert_eq!(t.find(Some("other.example.com"), "/api/x").unwrap().prefix, "/api");
         assert!(t.find(Some("other.example.com"), "/x").is_none());
         assert!(t.find(None, "/x").is_none());
     }
@@ -202,11 +184,7 @@ mod tests {
 
     #[test]
     fn strip_prefix_keeps_a_leading_slash_and_the_query() {
-        let t = table(&[
-            route("/app", None, true),
-            route("/s/", None, true),
-            route("/k", None, false),
-        ]);
+        let t = table(&[route("/app", None, true), route("/s/", None, true), route("/k", None, false)]);
         let path = |p: &str| {
             let pq: PathAndQuery = p.parse().unwrap();
             let r = t.find(None, pq.path()).unwrap();

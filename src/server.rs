@@ -79,10 +79,7 @@ impl Default for Limits {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("session store: {0}")]
     Store(#[from] StoreError),
     #[error("TLS: {0}")]
@@ -164,10 +161,7 @@ impl Server {
             admin,
             tls,
             shutdown_grace: config.server.shutdown_grace,
-            reloader: Reloader {
-                shared: shared.clone(),
-                current: Arc::new(Mutex::new(config)),
-            },
+            reloader: Reloader { shared: shared.clone(), current: Arc::new(Mutex::new(config)) },
             shared,
             limits,
         })
@@ -175,9 +169,7 @@ impl Server {
 
     /// The address the proxy listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The admin listener's address, when one is configured.
@@ -193,20 +185,11 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// within `shutdown_grace_ms`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server {
-            listener,
-            admin,
-            tls,
-            shared,
-            limits,
-            shutdown_grace,
-            reloader: _,
-        } = self;
+        let Server { listener, admin, tls, shared, limits, shutdown_grace, reloader: _ } = self;
         let builder = connection_builder(&limits);
         let graceful = GracefulShutdown::new();
         let (admin_stop, admin_stopped) = watch::channel(false);
-        let admin_task =
-            admin.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stopped)));
+        let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stopped)));
 
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "listening");
         tokio::pin!(shutdown);
@@ -252,9 +235,7 @@ impl Server {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -290,15 +271,13 @@ impl Connection {
         metrics.connection_opened();
         match self.tls.clone() {
             None => self.serve_io(stream).await,
-            Some(acceptor) => {
-                match tokio::time::timeout(self.tls_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => self.serve_io(tls).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+            Some(acceptor) => match tokio::time::timeout(self.tls_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => self.serve_io(tls).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
                 }
-            }
+                Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+            },
         }
         metrics.connection_closed();
     }
@@ -307,20 +286,12 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection {
-            shared,
-            builder,
-            watcher,
-            peer,
-            ..
-        } = self;
+        let Connection { shared, builder, watcher, peer, .. } = self;
         let service = service_fn(move |req| {
             let shared = shared.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, peer).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
         }
@@ -347,11 +318,12 @@ impl Reloader {
     pub fn apply(&self, config: Config) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         for key in current.restart_required_changes(&config) {
-            tracing::warn!(key, "changed in the config file but needs a restart to take effect; keeping the running value");
+            tracing::warn!(
+                key,
+                "changed in the config file but needs a restart to take effect; keeping the running value"
+            );
         }
-        self.shared
-            .app
-            .store(Arc::new(App::new(&config, &self.shared.metrics)));
+        self.shared.app.store(Arc::new(App::new(&config, &self.shared.metrics)));
         // Remember the running values of what was not applied, so the next reload compares
         // against what is really in effect.
         let mut config = config;

@@ -27,21 +27,13 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     let key_path = files.key.display().to_string();
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: cert_path.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::Cert { path: cert_path.clone(), reason: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert_path,
-            reason: "no certificate in the file".into(),
-        });
+        return Err(TlsError::Cert { path: cert_path, reason: "no certificate in the file".into() });
     }
     // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys are all accepted.
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key {
-        path: key_path,
-        reason: e.to_string(),
-    })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| TlsError::Key { path: key_path, reason: e.to_string() })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

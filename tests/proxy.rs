@@ -64,29 +64,15 @@ async fn routes_by_longest_prefix_and_host_and_404s_unmatched() {
     assert_eq!(echoed(&body, "path"), Some("/app.css"), "strip_prefix");
 
     let (_, _, body) = get(&proxy.url("/static")).await;
-    assert_eq!(
-        echoed(&body, "upstream"),
-        Some("a"),
-        "/static/ matches only below it"
-    );
+    assert_eq!(echoed(&body, "upstream"), Some("a"), "/static/ matches only below it");
 
-    let req = Request::get(proxy.url("/anything"))
-        .header("host", "ADMIN.example.com:8080")
-        .body(empty())
-        .unwrap();
+    let req =
+        Request::get(proxy.url("/anything")).header("host", "ADMIN.example.com:8080").body(empty()).unwrap();
     let (_, _, body) = send(req).await;
     assert_eq!(echoed(&body, "upstream"), Some("b"), "host route preferred");
-    assert_eq!(
-        echoed(&body, "host"),
-        Some("ADMIN.example.com:8080"),
-        "Host kept"
-    );
+    assert_eq!(echoed(&body, "host"), Some("ADMIN.example.com:8080"), "Host kept");
 
-    let only_api = start_proxy(&format!(
-        "[[route]]\nprefix = \"/api\"\nupstream = \"{}\"\n",
-        b.url()
-    ))
-    .await;
+    let only_api = start_proxy(&format!("[[route]]\nprefix = \"/api\"\nupstream = \"{}\"\n", b.url())).await;
     let (s, headers, _) = get(&only_api.url("/other")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(headers.contains_key("x-request-id"));
@@ -95,11 +81,9 @@ async fn routes_by_longest_prefix_and_host_and_404s_unmatched() {
 #[tokio::test]
 async fn forwarded_headers_and_request_ids() {
     let a = echo_upstream("a").await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n",
-        a.url()
-    ))
-    .await;
+    let proxy =
+        start_proxy(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", a.url()))
+            .await;
 
     let req = Request::get(proxy.url("/x"))
         .header("x-forwarded-for", "203.0.113.9")
@@ -107,24 +91,14 @@ async fn forwarded_headers_and_request_ids() {
         .body(empty())
         .unwrap();
     let (_, headers, body) = send(req).await;
-    assert_eq!(
-        echoed(&body, "x-forwarded-for"),
-        Some("203.0.113.9, 127.0.0.1")
-    );
+    assert_eq!(echoed(&body, "x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
     assert_eq!(echoed(&body, "x-forwarded-proto"), Some("http"));
     assert_eq!(echoed(&body, "x-forwarded-host"), Some("app.example.com"));
     let generated = headers["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(generated.len(), 32);
-    assert_eq!(
-        echoed(&body, "x-request-id"),
-        Some(generated.as_str()),
-        "same id upstream and to the client"
-    );
+    assert_eq!(echoed(&body, "x-request-id"), Some(generated.as_str()), "same id upstream and to the client");
 
-    let req = Request::get(proxy.url("/x"))
-        .header("x-request-id", "trace-abc-1")
-        .body(empty())
-        .unwrap();
+    let req = Request::get(proxy.url("/x")).header("x-request-id", "trace-abc-1").body(empty()).unwrap();
     let (_, headers, body) = send(req).await;
     assert_eq!(headers["x-request-id"], "trace-abc-1");
     assert_eq!(echoed(&body, "x-request-id"), Some("trace-abc-1"));
@@ -147,25 +121,14 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
             .unwrap()
     })
     .await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n",
-        up.url()
-    ))
-    .await;
+    let proxy =
+        start_proxy(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", up.url()))
+            .await;
 
     let request = "GET /h HTTP/1.1\r\nHost: x\r\nConnection: close, X-Client-Hop\r\nX-Client-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: Basic abc\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Keep: kept\r\n\r\n";
-    let answer = raw(proxy.addr, request.as_bytes())
-        .await
-        .to_ascii_lowercase();
+    let answer = raw(proxy.addr, request.as_bytes()).await.to_ascii_lowercase();
     let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    for gone in [
-        "x-client-hop",
-        "keep-alive",
-        "te:",
-        "proxy-authorization",
-        "proxy-connection",
-        "upgrade",
-    ] {
+    for gone in ["x-client-hop", "keep-alive", "te:", "proxy-authorization", "proxy-connection", "upgrade"] {
         assert!(!body.contains(gone), "{gone} reached the upstream:\n{body}");
     }
     assert!(body.contains("x-keep: kept"));
@@ -200,9 +163,8 @@ async fn bodies_stream_both_ways() {
                     Response::new(full(total.to_string()))
                 }
                 _ => {
-                    let (tx, rx) = mpsc::channel::<
-                        Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-                    >(1);
+                    let (tx, rx) =
+                        mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
                     tokio::spawn(async move {
                         let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await;
                         go_rx.lock().await.recv().await;
@@ -217,11 +179,9 @@ async fn bodies_stream_both_ways() {
         }
     })
     .await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n",
-        up.url()
-    ))
-    .await;
+    let proxy =
+        start_proxy(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", up.url()))
+            .await;
 
     // Upload: send one chunk, wait until the upstream has it, then send 32 MiB more.
     let (body_tx, body_rx) =
@@ -230,10 +190,7 @@ async fn bodies_stream_both_ways() {
         .body(BodyExt::boxed(StreamBody::new(tokio_stream_from(body_rx))))
         .unwrap();
     let pending = tokio::spawn(async move { client().request(req).await.unwrap() });
-    body_tx
-        .send(Ok(Frame::data(Bytes::from_static(b"hello"))))
-        .await
-        .unwrap();
+    body_tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
     assert_eq!(
         seen_rx.recv().await,
         Some(5),
@@ -249,10 +206,7 @@ async fn bodies_stream_both_ways() {
     assert_eq!(total, (5 + (32usize << 20)).to_string());
 
     // Download: the first chunk arrives before the upstream is told to send the rest.
-    let resp = client()
-        .request(Request::get(proxy.url("/download")).body(empty()).unwrap())
-        .await
-        .unwrap();
+    let resp = client().request(Request::get(proxy.url("/download")).body(empty()).unwrap()).await.unwrap();
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&first[..], b"first");
@@ -273,32 +227,15 @@ fn tokio_stream_from<T: Send + 'static>(
 #[tokio::test]
 async fn http2_prior_knowledge_clients_are_served() {
     let a = echo_upstream("a").await;
-    let proxy = start_proxy(&format!(
-        "[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n",
-        a.url()
-    ))
-    .await;
-    let resp = h2_client()
-        .request(Request::get(proxy.url("/h2?q")).body(empty()).unwrap())
-        .await
-        .unwrap();
+    let proxy =
+        start_proxy(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", a.url()))
+            .await;
+    let resp = h2_client().request(Request::get(proxy.url("/h2?q")).body(empty()).unwrap()).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
-    let body = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert_eq!(echoed(&body, "path"), Some("/h2?q"));
-    assert_eq!(
-        echoed(&body, "host"),
-        Some(proxy.addr.to_string().as_str()),
-        "Host from the :authority"
-    );
+    assert_eq!(echoed(&body, "host"), Some(proxy.addr.to_string().as_str()), "Host from the :authority");
 }
 
 #[tokio::test]
@@ -325,25 +262,16 @@ async fn websocket_passes_through() {
     .await;
     let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let (mut ws, resp) =
-        tokio_tungstenite::client_async(format!("ws://{}/socket", proxy.addr), stream)
-            .await
-            .unwrap();
+        tokio_tungstenite::client_async(format!("ws://{}/socket", proxy.addr), stream).await.unwrap();
     assert_eq!(resp.status(), 101);
     for i in 0..3 {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
-            "hi {i}"
-        )))
-        .await
-        .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hi {i}"))).await.unwrap();
         let reply = ws.next().await.unwrap().unwrap();
         assert_eq!(reply.to_text().unwrap(), format!("echo hi {i}"));
     }
     ws.close(None).await.unwrap();
     drop(ws);
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -377,12 +305,7 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
 #[tokio::test]
 async fn upstream_timeout_starts_after_the_request_body() {
     let up = upstream(|req: Request<hyper::body::Incoming>| async move {
-        let n = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes().len())
-            .unwrap_or(0);
+        let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
         Response::new(full(n.to_string()))
     })
     .await;
@@ -393,16 +316,13 @@ async fn upstream_timeout_starts_after_the_request_body() {
     ))
     .await;
     // An upload slower than the upstream timeout still succeeds.
-    let (tx, rx) =
-        mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
     let req = Request::post(proxy.url("/slow-upload"))
         .body(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
         .unwrap();
     let pending = tokio::spawn(async move { client().request(req).await.unwrap() });
     for _ in 0..4 {
-        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
-            .await
-            .unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc")))).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(tx);
@@ -414,13 +334,9 @@ async fn upstream_timeout_starts_after_the_request_body() {
 #[tokio::test]
 async fn slow_headers_are_cut_by_the_header_read_timeout() {
     let a = echo_upstream("a").await;
-    let mut limits = Limits::default();
-    limits.header_read_timeout = Duration::from_millis(300);
+    let limits = Limits { header_read_timeout: Duration::from_millis(300), ..Limits::default() };
     let proxy = start_proxy_with(
-        config(&format!(
-            "[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n",
-            a.url()
-        )),
+        config(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", a.url())),
         limits,
     )
     .await;
@@ -429,16 +345,11 @@ async fn slow_headers_are_cut_by_the_header_read_timeout() {
     let mut buf = Vec::new();
     // The server closes the connection (possibly after a 408) instead of waiting forever.
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    assert!(
-        read.is_ok(),
-        "connection still open long after the header timeout"
-    );
+    assert!(read.is_ok(), "connection still open long after the header timeout");
 
     // An idle keep-alive connection is closed too.
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "idle keep-alive connection never closed");
@@ -452,11 +363,9 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         Response::new(full("done"))
     })
     .await;
-    let mut proxy = start_proxy(&format!(
-        "[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n",
-        up.url()
-    ))
-    .await;
+    let mut proxy =
+        start_proxy(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", up.url()))
+            .await;
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -464,12 +373,6 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, "done");
-    tokio::time::timeout(Duration::from_secs(10), stopped)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
-        "still accepting after shutdown"
-    );
+    tokio::time::timeout(Duration::from_secs(10), stopped).await.unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "still accepting after shutdown");
 }

@@ -32,10 +32,7 @@ pin_project_lite::pin_project! {
 
 impl UpstreamBody {
     pub(crate) fn new(inner: Incoming, sent: oneshot::Sender<()>) -> UpstreamBody {
-        let mut body = UpstreamBody {
-            inner,
-            sent: Some(sent),
-        };
+        let mut body = UpstreamBody { inner, sent: Some(sent) };
         if body.inner.is_end_stream() {
             body.fire();
         }

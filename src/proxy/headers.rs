@@ -56,9 +56,8 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// must see them for the switch to happen.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = connection_tokens(headers)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
+        let listed: Vec<HeaderName> =
+            connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
         for name in listed {
             if !(keep_upgrade && name == header::UPGRADE) {
                 headers.remove(&name);
@@ -108,8 +107,7 @@ pub(crate) fn set_forwarded(
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
-        {
+        if !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic()) {
             return v.clone();
         }
     }
@@ -134,10 +132,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
     }
@@ -167,11 +162,7 @@ mod tests {
 
     #[test]
     fn upgrade_keeps_upgrade_and_connection_upgrade() {
-        let mut h = map(&[
-            ("connection", "Upgrade, x-hop"),
-            ("upgrade", "websocket"),
-            ("x-hop", "1"),
-        ]);
+        let mut h = map(&[("connection", "Upgrade, x-hop"), ("upgrade", "websocket"), ("x-hop", "1")]);
         assert!(wants_upgrade(&h));
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
@@ -183,10 +174,7 @@ mod tests {
     fn wants_upgrade_needs_both_headers() {
         assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
         assert!(!wants_upgrade(&map(&[("connection", "upgrade")])));
-        assert!(wants_upgrade(&map(&[
-            ("connection", "keep-alive, UPGRADE"),
-            ("upgrade", "h2c")
-        ])));
+        assert!(wants_upgrade(&map(&[("connection", "keep-alive, UPGRADE"), ("upgrade", "h2c")])));
     }
 
     #[test]
@@ -214,11 +202,7 @@ mod tests {
         assert_eq!(kept, "abc-123");
         let generated = request_id(&HeaderMap::new());
         assert_eq!(generated.len(), 32);
-        assert!(generated
-            .to_str()
-            .unwrap()
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit()));
+        assert!(generated.to_str().unwrap().bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(generated, request_id(&HeaderMap::new()));
         let too_long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
         assert_eq!(request_id(&map(&[("x-request-id", &too_long)])).len(), 32);

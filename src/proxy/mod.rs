@@ -64,7 +64,7 @@ pub(crate) async fn handle(
     );
     tracing::info!(
         target: "access",
-        request_id = rid(&request_id),
+        request_id = %rid(&request_id),
         method = %method,
         path = %path,
         status = out.status.as_u16(),
@@ -98,26 +98,19 @@ async fn forward(
     // Always, on every route: a client can never forge a session.
     let forged = protocol::strip_protocol_headers(
         req.headers_mut(),
-        &[
-            &session_cfg.header,
-            &session_cfg.update_header,
-            &session_cfg.regenerate_header,
-        ],
+        &[&session_cfg.header, &session_cfg.update_header, &session_cfg.regenerate_header],
     );
     if forged > 0 {
         shared.metrics.forged_headers_removed(forged);
     }
 
     // HTTP/2 carries the host in the URI; HTTP/1 in `Host`.
-    let host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let Some(route) = app.routes.find(
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        req.uri().path(),
-    ) else {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let Some(route) = app.routes.find(host.as_ref().and_then(|h| h.to_str().ok()), req.uri().path()) else {
         return status_response(StatusCode::NOT_FOUND, "404 Not Found\n");
     };
     out.route = Some(route.clone());
@@ -128,22 +121,24 @@ async fn forward(
         let loaded = app.session.load(&mut store, req.headers_mut()).await;
         out.store_time = store.elapsed;
         match loaded {
-            Ok(loaded) => Some(loaded),
+            Ok(loaded) => {
+                if loaded.cookie_rejected {
+                    shared.metrics.cookie_rejected();
+                }
+                Some(loaded)
+            }
             Err(e) => {
                 shared.metrics.store_error(&e.error);
                 match session_cfg.on_store_error {
                     OnStoreError::Fail => {
-                        tracing::warn!(request_id = rid(request_id), error = %e.error, "session store read failed; answering 503");
-                        let mut resp = status_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "503 Service Unavailable\n",
-                        );
-                        resp.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        tracing::warn!(request_id = %rid(request_id), error = %e.error, "session store read failed; answering 503");
+                        let mut resp =
+                            status_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
+                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                         return resp;
                     }
                     OnStoreError::Pass => {
-                        tracing::warn!(request_id = rid(request_id), error = %e.error, "session store read failed; forwarding without a session");
+                        tracing::warn!(request_id = %rid(request_id), error = %e.error, "session store read failed; forwarding without a session");
                         Some(Loaded::unknown(e.id))
                     }
                 }
@@ -155,19 +150,11 @@ async fn forward(
 
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = match build_upstream_request(
-        shared,
-        req,
-        &route,
-        peer,
-        host.as_ref(),
-        request_id,
-        upgrade,
-    ) {
-        Ok(r) => r,
-        Err(resp) => return resp,
+    let Ok((upstream_req, body_sent)) =
+        build_upstream_request(shared, req, route, peer, host.as_ref(), request_id, upgrade)
+    else {
+        return status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n");
     };
-    let (upstream_req, body_sent) = upstream_req;
 
     let upstream_start = Instant::now();
     let result = send_with_timeout(shared, upstream_req, body_sent, app.upstream_timeout).await;
@@ -175,7 +162,7 @@ async fn forward(
     let mut resp = match result {
         Ok(resp) => resp,
         Err(status) => {
-            tracing::warn!(request_id = rid(request_id), route = %route.prefix, status = status.as_u16(), "upstream failed");
+            tracing::warn!(request_id = %rid(request_id), route = %route.prefix, status = status.as_u16(), "upstream failed");
             return status_response(status, status_text(status));
         }
     };
@@ -185,26 +172,21 @@ async fn forward(
 
     // Response side of the session seam.
     if let Some(loaded) = loaded {
-        let saved = app
-            .session
-            .save(&mut store, loaded, resp.headers_mut())
-            .await;
+        let saved = app.session.save(&mut store, loaded, resp.headers_mut()).await;
         out.store_time = store.elapsed;
         match saved {
             Ok(event) => {
                 out.session = event;
             }
             Err(SaveError::BadUpdate(e)) => {
-                tracing::warn!(request_id = rid(request_id), route = %route.prefix, error = %e, "upstream sent a bad session update; nothing written");
+                tracing::warn!(request_id = %rid(request_id), route = %route.prefix, error = %e, "upstream sent a bad session update; nothing written");
                 return status_response(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n");
             }
             Err(SaveError::Store(e)) => {
                 shared.metrics.store_error(&e);
-                tracing::warn!(request_id = rid(request_id), route = %route.prefix, error = %e, "session store write failed; answering 503");
-                let mut resp =
-                    status_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                tracing::warn!(request_id = %rid(request_id), route = %route.prefix, error = %e, "session store write failed; answering 503");
+                let mut resp = status_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return resp;
             }
         }
@@ -217,12 +199,10 @@ async fn forward(
 
     if switching {
         match client_upgrade {
-            Some(client) => {
-                upgrade::tunnel(client, hyper::upgrade::on(&mut resp), request_id.clone())
-            }
+            Some(client) => upgrade::tunnel(client, hyper::upgrade::on(&mut resp), request_id.clone()),
             None => {
                 tracing::warn!(
-                    request_id = rid(request_id),
+                    request_id = %rid(request_id),
                     "upstream switched protocols without being asked"
                 );
                 return status_response(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n");
@@ -244,35 +224,29 @@ fn build_upstream_request(
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
     upgrade: bool,
-) -> Result<UpstreamRequest, Response<ProxyBody>> {
+) -> Result<UpstreamRequest, http::Error> {
     let path = route::upstream_path(route, req.uri().path_and_query());
     let uri = Uri::builder()
         .scheme(route.scheme.clone())
         .authority(route.authority.clone())
         .path_and_query(path)
-        .build()
-        .map_err(|_| status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n"))?;
+        .build()?;
 
-    let (tx, rx) = oneshot::channel();
-    let (parts, body) = req.into_parts();
-    let mut builder = Request::builder()
-        .method(parts.method)
-        .uri(uri)
-        .version(Version::HTTP_11);
-    if let Some(h) = builder.headers_mut() {
-        *h = parts.headers;
-        headers::remove_hop_by_hop(h, upgrade);
-        headers::set_forwarded(h, peer.ip(), shared.https, host);
-        if let Some(host) = host {
-            // HTTP/2 requests have no `Host` header; the upstream speaks HTTP/1.1 and needs one.
-            h.entry(header::HOST).or_insert_with(|| host.clone());
-        }
-        h.insert(&X_REQUEST_ID, request_id.clone());
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    // The server's extensions (connection info, upgrade handles) mean nothing upstream.
+    parts.extensions = http::Extensions::new();
+    let h = &mut parts.headers;
+    headers::remove_hop_by_hop(h, upgrade);
+    headers::set_forwarded(h, peer.ip(), shared.https, host);
+    if let Some(host) = host {
+        // HTTP/2 requests have no `Host` header; the upstream speaks HTTP/1.1 and needs one.
+        h.entry(header::HOST).or_insert_with(|| host.clone());
     }
-    builder
-        .body(UpstreamBody::new(body, tx))
-        .map(|r| (r, rx))
-        .map_err(|_| status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n"))
+    h.insert(&X_REQUEST_ID, request_id.clone());
+    let (tx, rx) = oneshot::channel();
+    Ok((Request::from_parts(parts, UpstreamBody::new(body, tx)), rx))
 }
 
 /// Sends to the upstream; `upstream_timeout` counts from the end of the request body to the
@@ -325,9 +299,6 @@ fn status_text(status: StatusCode) -> &'static str {
 pub(crate) fn status_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(body::local(text));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use crate::config::SessionConfig;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use cookie::CookieCodec;
+use cookie::{CookieCodec, CookieRead};
 use protocol::{Update, UpdateError};
 
 /// What happened to the session during one request: the access log's `session` field and the
@@ -57,11 +57,7 @@ pub(crate) struct StoreCalls<'a> {
 
 impl<'a> StoreCalls<'a> {
     pub(crate) fn new(store: &'a Store, metrics: &'a Metrics) -> StoreCalls<'a> {
-        StoreCalls {
-            store,
-            metrics,
-            elapsed: Duration::ZERO,
-        }
+        StoreCalls { store, metrics, elapsed: Duration::ZERO }
     }
 
     async fn timed<T>(
@@ -77,16 +73,8 @@ impl<'a> StoreCalls<'a> {
         out
     }
 
-    async fn get(
-        &mut self,
-        key: &str,
-        refresh_ttl: Option<u64>,
-    ) -> Result<Option<Bytes>, StoreError> {
-        let command = if refresh_ttl.is_some() {
-            "getex"
-        } else {
-            "get"
-        };
+    async fn get(&mut self, key: &str, refresh_ttl: Option<u64>) -> Result<Option<Bytes>, StoreError> {
+        let command = if refresh_ttl.is_some() { "getex" } else { "get" };
         let store = self.store;
         self.timed(command, store.get(key, refresh_ttl)).await
     }
@@ -101,16 +89,9 @@ impl<'a> StoreCalls<'a> {
         self.timed("del", store.del(key)).await
     }
 
-    async fn rename_with(
-        &mut self,
-        old: &str,
-        new: &str,
-        value: &str,
-        ttl: u64,
-    ) -> Result<(), StoreError> {
+    async fn rename_with(&mut self, old: &str, new: &str, value: &str, ttl: u64) -> Result<(), StoreError> {
         let store = self.store;
-        self.timed("regenerate", store.rename_with(old, new, value, ttl))
-            .await
+        self.timed("regenerate", store.rename_with(old, new, value, ttl)).await
     }
 }
 
@@ -124,6 +105,8 @@ pub(crate) struct Loaded {
     unknown: Option<String>,
     /// The cookie verified with a secret other than the first: re-sign it with the first.
     needs_resign: bool,
+    /// The request carried a session cookie that failed verification.
+    pub cookie_rejected: bool,
 }
 
 #[derive(Debug)]
@@ -136,10 +119,7 @@ struct Live {
 impl Loaded {
     /// For a request whose store read failed under `on_store_error = "pass"`.
     pub(crate) fn unknown(id: Option<String>) -> Loaded {
-        Loaded {
-            unknown: id,
-            ..Loaded::default()
-        }
+        Loaded { unknown: id, ..Loaded::default() }
     }
 }
 
@@ -170,11 +150,7 @@ pub(crate) struct SessionLayer {
 
 impl SessionLayer {
     pub(crate) fn new(cfg: &SessionConfig, key_prefix: &str) -> SessionLayer {
-        SessionLayer {
-            cfg: cfg.clone(),
-            codec: CookieCodec::new(cfg),
-            key_prefix: key_prefix.to_string(),
-        }
+        SessionLayer { cfg: cfg.clone(), codec: CookieCodec::new(cfg), key_prefix: key_prefix.to_string() }
     }
 
     pub(crate) fn config(&self) -> &SessionConfig {
@@ -196,19 +172,18 @@ impl SessionLayer {
         store: &mut StoreCalls<'_>,
         headers: &mut HeaderMap,
     ) -> Result<Loaded, LoadError> {
-        let Some(verified) = self.codec.read(headers) else {
-            headers.insert(&self.cfg.header, protocol::empty_session());
-            return Ok(Loaded::default());
+        let verified = match self.codec.read_cookie(headers) {
+            CookieRead::Valid(v) => v,
+            read => {
+                headers.insert(&self.cfg.header, protocol::empty_session());
+                let cookie_rejected = matches!(read, CookieRead::Rejected);
+                return Ok(Loaded { cookie_rejected, ..Loaded::default() });
+            }
         };
         let refresh = self.cfg.rolling.then_some(self.cfg.max_age);
         let stored = match store.get(&self.key(&verified.id), refresh).await {
             Ok(stored) => stored,
-            Err(error) => {
-                return Err(LoadError {
-                    error,
-                    id: Some(verified.id),
-                })
-            }
+            Err(error) => return Err(LoadError { error, id: Some(verified.id) }),
         };
         let Some(value) = stored else {
             // Strict ids: a signed id that is not in the store is a new visitor.
@@ -221,12 +196,9 @@ impl SessionLayer {
         });
         headers.insert(&self.cfg.header, header);
         Ok(Loaded {
-            live: Some(Live {
-                id: verified.id,
-                value,
-            }),
-            unknown: None,
+            live: Some(Live { id: verified.id, value }),
             needs_resign: verified.needs_resign,
+            ..Loaded::default()
         })
     }
 
@@ -242,11 +214,7 @@ impl SessionLayer {
         let update = self.read_update(resp)?;
         let regenerate = resp.contains_key(&self.cfg.regenerate_header);
         let max_age = self.cfg.max_age;
-        let Loaded {
-            live,
-            unknown,
-            needs_resign,
-        } = loaded;
+        let Loaded { live, unknown, needs_resign, .. } = loaded;
         let current = live.as_ref().map(|l| l.id.as_str()).or(unknown.as_deref());
 
         let event = match (update, current) {
@@ -258,9 +226,7 @@ impl SessionLayer {
             (Some(Update::Destroy), None) => SessionEvent::None,
             (Some(Update::Replace(text)), Some(id)) if regenerate => {
                 let new = id::new_id();
-                store
-                    .rename_with(&self.key(id), &self.key(&new), &text, max_age)
-                    .await?;
+                store.rename_with(&self.key(id), &self.key(&new), &text, max_age).await?;
                 self.set_cookie(resp, &new);
                 SessionEvent::Regenerated
             }
@@ -282,9 +248,7 @@ impl SessionLayer {
                     let new = id::new_id();
                     // A stored value that is not UTF-8 was served as `{}`; move it as such.
                     let text = std::str::from_utf8(&live.value).unwrap_or(protocol::EMPTY_SESSION);
-                    store
-                        .rename_with(&self.key(&live.id), &self.key(&new), text, max_age)
-                        .await?;
+                    store.rename_with(&self.key(&live.id), &self.key(&new), text, max_age).await?;
                     self.set_cookie(resp, &new);
                     SessionEvent::Regenerated
                 }
@@ -298,9 +262,7 @@ impl SessionLayer {
                 None if unknown.is_some() => SessionEvent::None,
                 None if self.cfg.save_uninitialized => {
                     let new = id::new_id();
-                    store
-                        .set(&self.key(&new), protocol::EMPTY_SESSION, max_age)
-                        .await?;
+                    store.set(&self.key(&new), protocol::EMPTY_SESSION, max_age).await?;
                     self.set_cookie(resp, &new);
                     SessionEvent::Created
                 }

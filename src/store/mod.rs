@@ -1,41 +1,198 @@
-// TEMPORARY STUB
-use crate::config::StoreConfig;
+//! Session storage: the embedded in-process store (`memory://`) and Redis (`redis://`,
+//! `rediss://`) behind one enum, so the proxy core never knows which one it talks to.
+//!
+//! The store works on whole keys (`key_prefix + id` is built by the caller) and stores the
+//! session's JSON text exactly as `remix-upstash-session` does: `SET key value EX ttl`, read back
+//! with `GET`, or `GETEX key EX ttl` when reads refresh the TTL (`rolling = true`).
+//!
+//! Every call ends within `StoreConfig::timeout`, whether the backend is down, stalled or slow;
+//! failures come back as a [`StoreError`] whose [`kind`](StoreError::kind) is a bounded metrics
+//! label. Errors never carry session values or the store password.
+
+pub mod memory;
+pub mod redis;
+
+use bytes::Bytes;
+
+use crate::config::{StoreConfig, StoreUrl};
+
+/// A session store. Cheap to clone: every clone shares the same connections or map.
 #[derive(Clone)]
-pub struct Store;
+pub enum Store {
+    /// `memory://`: one process only, lost on restart.
+    Memory(memory::MemoryStore),
+    /// `redis://` or `rediss://`: a pool of fred clients.
+    Redis(redis::RedisStore),
+}
+
+/// Why a store call failed. The proxy answers 503 for all of them at run time; `Config` only
+/// comes from [`Store::connect`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("t")]
+    /// The call did not finish within `StoreConfig::timeout` while connected (a stalled or
+    /// overloaded server).
+    #[error("store call timed out")]
     Timeout,
+    /// The store cannot be reached: not connected, connection lost, TLS or authentication
+    /// failure.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The server answered with an error (for example out of memory, wrong type).
+    #[error("store command failed: {0}")]
+    Command(String),
+    /// The store configuration cannot work (bad URL, unreadable `ca_file`).
+    #[error("store configuration: {0}")]
+    Config(String),
 }
+
 impl StoreError {
+    /// A short, fixed label for metrics and logs (bounded cardinality).
     pub fn kind(&self) -> &'static str {
-        "timeout"
+        match self {
+            StoreError::Timeout => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Command(_) => "command",
+            StoreError::Config(_) => "config",
+        }
     }
 }
+
 impl Store {
-    pub async fn connect(_c: &StoreConfig) -> Result<Store, StoreError> {
-        Ok(Store)
+    /// Builds the store. Fails only for config problems (bad URL, unreadable ca_file), never
+    /// because Redis is down: a Redis store starts while Redis is unreachable and serves as soon
+    /// as it is up.
+    pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        match &cfg.url {
+            StoreUrl::Memory => Ok(Store::Memory(memory::MemoryStore::new())),
+            StoreUrl::Redis(url) => Ok(Store::Redis(redis::RedisStore::connect(url, cfg)?)),
+        }
     }
-    pub async fn get(&self, _k: &str, _r: Option<u64>) -> Result<Option<bytes::Bytes>, StoreError> {
-        Ok(None)
+
+    /// `GET key`, or when `refresh_ttl` is `Some(secs)` `GETEX key EX secs` (one round trip).
+    /// An expired or missing key is `Ok(None)`.
+    pub async fn get(&self, key: &str, refresh_ttl: Option<u64>) -> Result<Option<Bytes>, StoreError> {
+        match self {
+            Store::Memory(store) => store.get(key, refresh_ttl),
+            Store::Redis(store) => store.get(key, refresh_ttl).await,
+        }
     }
-    pub async fn set(&self, _k: &str, _v: &str, _t: u64) -> Result<(), StoreError> {
-        Ok(())
+
+    /// `SET key value EX ttl_secs`.
+    pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => store.set(key, value, ttl_secs),
+            Store::Redis(store) => store.set(key, value, ttl_secs).await,
+        }
     }
-    pub async fn del(&self, _k: &str) -> Result<(), StoreError> {
-        Ok(())
+
+    /// `DEL key`; deleting a missing key is not an error.
+    pub async fn del(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => {
+                store.del(key);
+                Ok(())
+            }
+            Store::Redis(store) => store.del(key).await,
+        }
     }
+
+    /// Regenerate: write the new key and delete the old in one round trip; `Ok` only when both
+    /// succeeded. With `old_key == new_key` this is a plain `set` (a delete after the write would
+    /// destroy the session just written).
     pub async fn rename_with(
         &self,
-        _o: &str,
-        _n: &str,
-        _v: &str,
-        _t: u64,
+        old_key: &str,
+        new_key: &str,
+        value: &str,
+        ttl_secs: u64,
     ) -> Result<(), StoreError> {
-        Ok(())
+        if old_key == new_key {
+            return self.set(new_key, value, ttl_secs).await;
+        }
+        match self {
+            Store::Memory(store) => store.rename_with(old_key, new_key, value, ttl_secs),
+            Store::Redis(store) => store.rename_with(old_key, new_key, value, ttl_secs).await,
+        }
     }
+
+    /// Checks that the store answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(store) => store.ping().await,
+        }
     }
-    pub async fn shutdown(&self) {}
+
+    /// Closes connections and stops background tasks; bounded by the store timeout.
+    pub async fn shutdown(&self) {
+        match self {
+            Store::Memory(store) => store.shutdown(),
+            Store::Redis(store) => store.shutdown().await,
+        }
+    }
+
+    /// `"memory"` or `"redis"`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn memory_config() -> StoreConfig {
+        StoreConfig {
+            url: StoreUrl::Memory,
+            key_prefix: "_session:".to_owned(),
+            ca_file: None,
+            timeout: Duration::from_millis(1000),
+            pool_size: 2,
+        }
+    }
+
+    #[test]
+    fn error_kinds_are_fixed_labels() {
+        assert_eq!(StoreError::Timeout.kind(), "timeout");
+        assert_eq!(StoreError::Unavailable("x".into()).kind(), "unavailable");
+        assert_eq!(StoreError::Command("x".into()).kind(), "command");
+        assert_eq!(StoreError::Config("x".into()).kind(), "config");
+    }
+
+    #[tokio::test]
+    async fn memory_store_through_the_enum() {
+        let store = Store::connect(&memory_config()).await.unwrap();
+        assert_eq!(store.kind(), "memory");
+        store.ping().await.unwrap();
+        store.set("k", "{\"a\":1}", 60).await.unwrap();
+        assert_eq!(store.get("k", None).await.unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+        store.del("k").await.unwrap();
+        assert_eq!(store.get("k", None).await.unwrap(), None);
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn rename_with_same_key_keeps_the_session() {
+        let store = Store::connect(&memory_config()).await.unwrap();
+        store.set("k", "{}", 60).await.unwrap();
+        store.rename_with("k", "k", "{\"b\":2}", 60).await.unwrap();
+        assert_eq!(store.get("k", None).await.unwrap().as_deref(), Some(&b"{\"b\":2}"[..]));
+    }
+
+    #[tokio::test]
+    async fn bad_redis_url_is_a_config_error() {
+        let cfg =
+            StoreConfig { url: StoreUrl::Redis("redis://user:secret@[::1".to_owned()), ..memory_config() };
+        let err = match Store::connect(&cfg).await {
+            Err(err) => err,
+            Ok(_) => panic!("a malformed URL must not build a store"),
+        };
+        assert_eq!(err.kind(), "config");
+        assert!(!err.to_string().contains("secret"));
+    }
 }

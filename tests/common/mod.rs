@@ -24,9 +24,7 @@ use tokio::task::JoinHandle;
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
 pub fn empty() -> TestBody {
@@ -106,13 +104,7 @@ pub async fn start_proxy_with(config: Config, limits: Limits) -> TestProxy {
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    TestProxy {
-        addr,
-        admin,
-        reloader,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    TestProxy { addr, admin, reloader, stop: Some(stop), task: Some(task) }
 }
 
 /// An in-process HTTP/1.1 upstream on port 0 (with upgrades) running `handler`.
@@ -166,17 +158,9 @@ where
 /// JSON-ish text lines (`name: value`), so tests can see what was forwarded.
 pub async fn echo_upstream(name: &'static str) -> Upstream {
     upstream(move |req: Request<Incoming>| async move {
-        let mut text = format!(
-            "upstream: {name}\nmethod: {}\npath: {}\n",
-            req.method(),
-            req.uri()
-        );
+        let mut text = format!("upstream: {name}\nmethod: {}\npath: {}\n", req.method(), req.uri());
         for (k, v) in req.headers() {
-            text.push_str(&format!(
-                "{}: {}\n",
-                k,
-                String::from_utf8_lossy(v.as_bytes())
-            ));
+            text.push_str(&format!("{}: {}\n", k, String::from_utf8_lossy(v.as_bytes())));
         }
         Response::new(full(text))
     })
@@ -190,9 +174,7 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Te
 
 /// An HTTP/2 prior-knowledge client.
 pub fn h2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
 }
 
 pub async fn get(url: &str) -> (http::StatusCode, http::HeaderMap, String) {
@@ -203,17 +185,12 @@ pub async fn send(req: Request<TestBody>) -> (http::StatusCode, http::HeaderMap,
     let resp = client().request(req).await.expect("request");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The value of `name:` in an echo upstream's answer.
 pub fn echoed<'a>(body: &'a str, name: &str) -> Option<&'a str> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+    body.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
 }
 
 /// Sends raw bytes on a fresh connection and reads until the server closes or `limit` bytes.

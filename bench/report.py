@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw measurements into the Markdown report (stdout).
+
+Inputs (all written by run.sh into its temp dir): --meta (key=value lines), --runs (one TSV
+line per measured wrk run: wrk output file, CPU tick deltas, Redis commandstats file),
+--peak (VmHWM per proxy), --idle (idle_conns.py's JSON), --notes (free text lines).
+"""
+
+import argparse
+import json
+import re
+import statistics
+
+NAMES = {
+    1: "upstream direct (ceiling)",
+    2: "nginx reverse proxy",
+    3: "Node proxy, session read (express-session + connect-redis, cluster x2)",
+    4: "session-proxy, `session = false`",
+    5: "session-proxy, session read (valid cookie)",
+    6: "session-proxy, read + write (update on every response)",
+}
+NGINX = 2
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+MIB = 1024.0
+#: Above this share of the machine spent outside the benchmark's own processes, a run is
+#: flagged as disturbed by background load.
+OTHER_LOAD_WARN_PCT = 10.0
+
+
+def parse_wrk(path):
+    text = open(path, errors="replace").read()
+    r = {"text": text}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
+    r["requests"] = int(m.group(1)) if m else 0
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        r[f"p{pct}"] = float(m.group(1)) * UNITS[m.group(2)] if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    r["sock"] = tuple(int(x) for x in m.groups()) if m else (0, 0, 0, 0)
+    return r
+
+
+def parse_redis(path):
+    calls = {}
+    try:
+        for line in open(path):
+            m = re.match(r"cmdstat_(\w+):calls=(\d+)", line.strip())
+            if m and m.group(1) not in ("config", "info"):
+                calls[m.group(1)] = int(m.group(2))
+    except OSError:
+        pass
+    return calls
+
+
+def fmt_ms(v):
+    if v is None:
+        return "-"
+    return f"{v * 1000:.0f} µs" if v < 1 else f"{v:.2f} ms"
+
+
+def fmt_ratio(v):
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for a in ("meta", "runs", "peak", "idle", "notes"):
+        ap.add_argument(f"--{a}", required=True)
+    args = ap.parse_args()
+
+    meta = {}
+    for line in open(args.meta):
+        if "=" in line:
+            k, v = line.rstrip("\n").split("=", 1)
+            meta[k] = v
+    tck = float(meta.get("clk_tck", 100))
+
+    runs = {}
+    lines = open(args.runs).read().splitlines()[1:]
+    for line in lines:
+        (n, rnd, wrk_file, p, u, rd, busy, total, redis_file, alive, wrk_cpu) = line.split("\t")
+        n = int(n)
+        w = parse_wrk(wrk_file)
+        req = w["requests"] or 1
+        w.update(
+            round=int(rnd),
+            proxy_us=int(p) / tck * 1e6 / req,
+            upstream_us=int(u) / tck * 1e6 / req,
+            redis_us=int(rd) / tck * 1e6 / req,
+            busy_us=int(busy) / tck * 1e6 / req,
+            wrk_us=float(wrk_cpu or 0) * 1e6 / req,
+            # Machine time not spent by wrk, the upstream, Redis or the proxy under test:
+            # kernel work outside process context, and other users' processes.
+            other_pct=100.0 * (int(busy) / tck - int(p) / tck - int(u) / tck - int(rd) / tck
+                               - float(wrk_cpu or 0)) / max(int(total) / tck, 1e-9),
+            busy_pct=100.0 * int(busy) / max(int(total), 1),
+            redis=parse_redis(redis_file),
+            alive=alive == "1",
+        )
+        runs.setdefault(n, []).append(w)
+
+    peak = {}
+    for line in open(args.peak).read().splitlines():
+        n, kib, procs = line.split("\t")
+        peak[int(n)] = (int(kib), int(procs))
+
+    rows = {}
+    for n, rs in runs.items():
+        good = [r for r in rs if r["rps"] is not None]
+        if not good:
+            continue
+        by_rps = sorted(good, key=lambda r: r["rps"])
+        med_run = by_rps[(len(by_rps) - 1) // 2]
+        rows[n] = {
+            "rps": statistics.median(r["rps"] for r in good),
+            "min": by_rps[0]["rps"],
+            "max": by_rps[-1]["rps"],
+            "p50": med_run["p50"],
+            "p99": med_run["p99"],
+            "cpu": statistics.median(r["proxy_us"] for r in good) if n != 1 else None,
+            "upstream_us": statistics.median(r["upstream_us"] for r in good),
+            "redis_us": statistics.median(r["redis_us"] for r in good),
+            "busy_us": statistics.median(r["busy_us"] for r in good),
+            "wrk_us": statistics.median(r["wrk_us"] for r in good),
+            "other_pct": statistics.median(r["other_pct"] for r in good),
+            "other_max": max(r["other_pct"] for r in good),
+            "busy_pct": statistics.median(r["busy_pct"] for r in good),
+            "rss": peak[n][0] / MIB if n in peak else None,
+            "procs": peak[n][1] if n in peak else None,
+            "non2xx": sum(r["non2xx"] for r in rs),
+            "sock": [sum(x) for x in zip(*(r["sock"] for r in rs))],
+            "requests": sum(r["requests"] for r in rs),
+            "runs": len(rs),
+            "died": any(not r["alive"] for r in rs),
+            "redis": {
+                cmd: statistics.median(r["redis"].get(cmd, 0) / max(r["requests"], 1) for r in good)
+                for cmd in sorted({c for r in good for c in r["redis"]})
+            },
+        }
+    ng = rows.get(NGINX)
+
+    def ratio(n, key):
+        if n not in rows or not ng or rows[n][key] is None or not ng[key]:
+            return None
+        return rows[n][key] / ng[key]
+
+    out = []
+    p = out.append
+    p(f"# session-proxy benchmark, {meta.get('date', '?')}")
+    p("")
+    p(f"- commit `{meta.get('commit')}` (session-proxy built from: {meta.get('built_from')}), rustc {meta.get('rustc')}")
+    p(f"- machine: {meta.get('cpu')}, kernel {meta.get('kernel')}; everything on loopback")
+    p(f"- wrk {meta.get('wrk')}: `-c {meta.get('connections')} -t {meta.get('threads')} -d {meta.get('duration')}s --latency`, "
+      f"{meta.get('rounds')} rounds, scenarios interleaved round-robin, {meta.get('warmup')} s warm-up before each run (not counted)")
+    p(f"- pinning: wrk CPUs {meta.get('wrk_cpus')}, proxy CPUs {meta.get('proxy_cpus')} (none = the scheduler shares both cores among wrk, upstream, Redis and the proxy)")
+    p(f"- upstream: nginx {meta.get('nginx')} `return 200` (24-byte body), worker_processes auto; Redis {meta.get('redis')} (no persistence); Node {meta.get('node')}")
+    p("- session-proxy runs with `RUST_LOG=warn` (no per-request access log; nginx runs with `access_log off`, the Node proxy logs nothing per request)")
+    p(f"- whole run: {meta.get('elapsed')} s")
+    p("")
+    p("| # | scenario | req/s median | min – max | vs nginx | p50 | p99 | proxy CPU/req | vs nginx | peak RSS | vs nginx | non-2xx | socket errors |")
+    p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in range(1, 7):
+        skip = meta.get(f"skip{n}")
+        if n not in rows:
+            p(f"| {n} | {NAMES[n]} | not run: {skip or 'no successful run'} | | | | | | | | | | |")
+            continue
+        r = rows[n]
+        cpu = "-" if r["cpu"] is None else f"{r['cpu']:.1f} µs"
+        rss = "-" if r["rss"] is None else f"{r['rss']:.1f} MiB" + (f" ({r['procs']} procs)" if r["procs"] and r["procs"] > 1 else "")
+        sock = r["sock"]
+        sock_s = "0" if not any(sock) else f"connect {sock[0]}, read {sock[1]}, write {sock[2]}, timeout {sock[3]}"
+        died = " **(proxy died)**" if r["died"] else ""
+        p(f"| {n} | {NAMES[n]}{died} | {r['rps']:,.0f} | {r['min']:,.0f} – {r['max']:,.0f} | {fmt_ratio(ratio(n, 'rps'))} "
+          f"| {fmt_ms(r['p50'])} | {fmt_ms(r['p99'])} | {cpu} | {fmt_ratio(ratio(n, 'cpu'))} | {rss} | {fmt_ratio(ratio(n, 'rss'))} "
+          f"| {r['non2xx']} | {sock_s} |")
+    p("")
+    p("req/s: median of the rounds (min – max beside it). p50/p99: wrk's latency distribution of the median run. "
+      "Proxy CPU/req: utime+stime of all the proxy's processes (nginx master+workers, node primary+workers, "
+      "session-proxy's one process) over the measured run, divided by its requests; median of the rounds. "
+      "Peak RSS: VmHWM at the end of the run, summed over the proxy's processes. Ratios are to (2).")
+    p("")
+    p("Where the machine's CPU went, per request (medians of the rounds; µs of CPU time):")
+    p("")
+    p("| # | proxy | upstream nginx | redis-server | wrk | machine busy | other (not any of these) | Redis commands per request |")
+    p("|---|---:|---:|---:|---:|---:|---:|---|")
+    for n in range(1, 7):
+        if n not in rows:
+            continue
+        r = rows[n]
+        proxy = r["cpu"] or 0.0
+        cmds = ", ".join(f"{c.upper()} {v:.2f}" for c, v in r["redis"].items() if v >= 0.005) or "none"
+        p(f"| {n} | {proxy:.1f} | {r['upstream_us']:.1f} | {r['redis_us']:.1f} | {r['wrk_us']:.1f} "
+          f"| {r['busy_us']:.1f} ({r['busy_pct']:.0f}% of the machine) | {r['other_pct']:.0f}% of the machine | {cmds} |")
+    p("")
+
+    idle = {}
+    try:
+        idle = json.load(open(args.idle))
+    except (OSError, ValueError):
+        pass
+    p("## 10,000 idle keep-alive connections (a fresh session-proxy)")
+    p("")
+    if "holding_rss_kib" in idle:
+        p(f"- held {idle['held']:,} of {idle['requested']:,} connections (one keep-alive request each, then silent; "
+          f"opened in {idle['opened_in_s']} s); errors: {idle['errors'] or 'none'}")
+        p(f"- VmRSS before: {idle['before_rss_kib'] / MIB:.1f} MiB; while holding (max of samples over 3 s): "
+          f"**{idle['holding_rss_kib'] / MIB:.1f} MiB**; after closing them: {idle['after_close_rss_kib'] / MIB:.1f} MiB")
+        per = (idle["holding_rss_kib"] - idle["before_rss_kib"]) * 1024 / max(idle["held"], 1)
+        p(f"- that is {per / 1024:.1f} KiB per idle connection; open fds before {idle['before_fds']}, "
+          f"while holding (min) {idle['holding_fds_min']}")
+    else:
+        p(f"- failed: {idle or 'no output'}")
+    p("")
+
+    p("## Targets (issue 5)")
+    p("")
+
+    def target(label, ok, detail):
+        mark = "n/a" if ok is None else ("**met**" if ok else "**not met**")
+        p(f"- {label}: {mark} ({detail})")
+
+    def have(*ns):
+        return all(n in rows for n in ns)
+
+    if have(4, 2):
+        rr, cr = ratio(4, "rps"), ratio(4, "cpu")
+        target("(4) >= 1.0x nginx req/s at no more CPU/request", rr >= 1.0 and cr <= 1.0,
+               f"{rr:.2f}x req/s, {cr:.2f}x CPU/request")
+    else:
+        target("(4) >= 1.0x nginx", None, "not measured")
+    for n, want in ((5, 0.8), (6, 0.6)):
+        if have(n, 2):
+            rr = ratio(n, "rps")
+            target(f"({n}) >= {want}x nginx req/s", rr >= want, f"{rr:.2f}x")
+        else:
+            target(f"({n}) >= {want}x nginx req/s", None, "not measured")
+    if have(5, 3):
+        x = rows[5]["rps"] / rows[3]["rps"]
+        target("(5) >= 3x the Node proxy", x >= 3.0, f"{x:.2f}x")
+    else:
+        target("(5) >= 3x the Node proxy", None, "not measured")
+    if have(5, 1) and rows[5]["p99"] is not None and rows[1]["p99"] is not None:
+        d = rows[5]["p99"] - rows[1]["p99"]
+        target("p99 of (5) < 1 ms above (1)", d < 1.0, f"{fmt_ms(rows[5]['p99'])} vs {fmt_ms(rows[1]['p99'])}: +{d:.2f} ms")
+    else:
+        target("p99 of (5) < 1 ms above (1)", None, "not measured")
+    if "holding_rss_kib" in idle:
+        mib = idle["holding_rss_kib"] / MIB
+        target("< 64 MiB RSS with 10,000 idle connections", mib < 64 and idle["held"] >= 10000,
+               f"{mib:.1f} MiB holding {idle['held']:,}")
+    else:
+        target("< 64 MiB RSS with 10,000 idle connections", None, "not measured")
+    p("")
+
+    notes = [l for l in open(args.notes).read().splitlines() if l.strip()]
+    bad = [n for n in rows if rows[n]["non2xx"] or any(rows[n]["sock"]) or rows[n]["died"]]
+    noisy = [n for n in rows if rows[n]["other_max"] > OTHER_LOAD_WARN_PCT]
+    if noisy:
+        notes.insert(0, "background load: in " + ", ".join(f"({n}) up to {rows[n]['other_max']:.0f}%" for n in noisy)
+                     + " of the machine went to processes other than wrk, the upstream, Redis and the proxy "
+                     "(other users' work, kernel threads); those runs are slower than on a quiet machine")
+    if notes or bad:
+        p("## Notes and errors")
+        p("")
+        for n in bad:
+            r = rows[n]
+            p(f"- ({n}) {NAMES[n]}: {r['non2xx']} non-2xx/3xx responses and socket errors {r['sock']} "
+              f"out of {r['requests']:,} requests in {r['runs']} runs" + (", the proxy died" if r["died"] else ""))
+        for l in notes:
+            p(f"- {l}")
+        p("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,740 @@
+//! The Redis store: a fred [`Pool`] set up so that no call outlives the configured timeout,
+//! the proxy starts while Redis is down, and it recovers by itself when Redis comes back.
+//!
+//! How the fred settings get there:
+//! - `fail_fast = false` plus a reconnect policy that never gives up: the connection tasks are
+//!   spawned and keep trying (capped exponential backoff); [`RedisStore::connect`] never waits
+//!   for them.
+//! - `default_command_timeout = timeout`: a command that waits (for a connection, or for a
+//!   stalled server) fails with a timeout, and fred marks it timed out so it is never written
+//!   to Redis later, after the caller was told it failed. Every call is also wrapped in
+//!   `tokio::time::timeout` as a belt, slightly later so fred's own timeout normally wins.
+//! - `unresponsive.max_timeout`: a connection whose last write got no answer for a while is
+//!   closed and reconnected. fred measures from the *latest* write, so under steady traffic
+//!   that never fires; the store's own stall watch covers it: a client whose calls keep
+//!   timing out for as long is told to reconnect (a dropped NAT or load-balancer entry, a
+//!   half-open TCP connection would otherwise fail every call until TCP gives up).
+//! - `max_command_buffer_len`: commands queued while disconnected are bounded, so a long outage
+//!   cannot grow memory; overflow fails at once.
+//! - `rediss://`: rustls with the ring provider, roots from the system plus `ca_file`.
+//!
+//! Nothing here logs a URL, a key (keys hold session ids), a value or a password.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::clients::{Client, Pool};
+use fred::error::{Error as FredError, ErrorKind};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
+use fred::types::config::{Config as FredConfig, Options, ReconnectPolicy, TlsConfig, UnresponsiveConfig};
+use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, Value};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use super::StoreError;
+use crate::config::StoreConfig;
+
+/// First reconnect delay after a connection is lost or cannot be made.
+const RECONNECT_MIN_DELAY_MS: u32 = 100;
+/// Longest delay between reconnect attempts: Redis is back in use at most this long after it
+/// returns.
+const RECONNECT_MAX_DELAY_MS: u32 = 2_000;
+/// Each failed attempt multiplies the delay by this (100 ms, 200 ms, 400 ms, ... up to the cap).
+const RECONNECT_BACKOFF_BASE: u32 = 2;
+/// Random extra delay per attempt, so a fleet of proxies does not reconnect in lockstep.
+const RECONNECT_JITTER_MS: u32 = 100;
+/// fred's "max attempts" value meaning: never stop reconnecting.
+const RECONNECT_FOREVER: u32 = 0;
+
+/// Limit on one connection attempt: TCP connect plus TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Limit on the commands fred sends while setting up a connection (`AUTH`/`HELLO`, `PING`);
+/// a server that accepts TCP but does not answer (stopped, overloaded) fails the attempt.
+const SETUP_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many times a command may be written when the connection drops while it is in flight.
+/// Every command this store sends is idempotent (SET, GET, GETEX, DEL), so a retry on a new
+/// connection is safe; the caller's timeout still bounds the whole call.
+const MAX_COMMAND_ATTEMPTS: u32 = 3;
+
+/// Commands waiting for each client's connection (fred's command queue). While Redis is down
+/// they wait up to the timeout; the bound keeps a long outage under heavy traffic from growing
+/// memory, and a full queue fails new calls at once.
+const COMMAND_QUEUE_LIMIT: usize = 4096;
+
+/// A connection that has given no answer for this many store timeouts is treated as dead,
+/// closed and reconnected (callers have given up on it long before).
+const UNRESPONSIVE_TIMEOUTS: u32 = 2;
+/// Lower bound on that limit, so a very short store timeout does not make connections flap
+/// under a brief server hiccup.
+const UNRESPONSIVE_MIN: Duration = Duration::from_millis(500);
+/// How many times per unresponsive limit fred checks the connections (fred wants at least 2).
+const UNRESPONSIVE_CHECKS: u32 = 4;
+
+/// How long the task asking fred to replace a stalled connection waits for the reconnect.
+const RECONNECT_REQUEST_WAIT: Duration = Duration::from_secs(10);
+
+/// How much later than fred's command timeout the `tokio::time::timeout` belt fires. fred's
+/// timeout must win in the normal case: only it marks a queued command as timed out so it is
+/// never sent after the caller gave up. The belt is for anything that would keep a call
+/// waiting past fred's timer.
+const TIMEOUT_BELT_SLACK: Duration = Duration::from_millis(50);
+
+/// The Redis store. Clones share the pool.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    /// The `tokio::time::timeout` belt around every call (the store timeout plus slack).
+    belt: Duration,
+    /// Notices connections that fred still counts as up but that stopped answering.
+    stalls: StallWatch,
+    /// Round-robin cursor over the pooled clients (the store picks the client itself, to know
+    /// which connection a timeout belongs to).
+    next_client: AtomicUsize,
+    /// The latest connection failure (refused, TLS, WRONGPASS, ...), cleared on reconnect, so
+    /// a call that fails for want of a connection can say why.
+    last_error: LastError,
+    /// Connection tasks and the connection-event loggers, aborted on shutdown or drop so no
+    /// reconnect loop outlives the store.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        abort_all(&self.tasks);
+    }
+}
+
+impl RedisStore {
+    /// Builds the pool and starts connecting in the background. Fails only for configuration
+    /// problems; Redis being down is not one (calls fail until it is up, then succeed).
+    /// Must be called within a tokio runtime (the connection tasks are spawned on it).
+    pub fn connect(url: &str, cfg: &StoreConfig) -> Result<RedisStore, StoreError> {
+        if cfg.timeout.is_zero() {
+            // fred reads a zero command timeout as "no timeout".
+            return Err(StoreError::Config("store.timeout_ms must be > 0".to_owned()));
+        }
+        if cfg.pool_size == 0 {
+            return Err(StoreError::Config("store.pool_size must be > 0".to_owned()));
+        }
+
+        let (plain_url, tls) = split_tls_scheme(url);
+        let mut config = FredConfig::from_url(&plain_url).map_err(|err| {
+            // fred's URL errors describe the problem without echoing the URL.
+            StoreError::Config(format!("invalid store.url: {}", err.details()))
+        })?;
+        if tls {
+            config.tls = Some(TlsConfig::from(tls_client_config(cfg.ca_file.as_deref())?));
+        } else if cfg.ca_file.is_some() {
+            tracing::warn!("store.ca_file is ignored: the store URL is not rediss://");
+        }
+        // Start even while Redis is down: the reconnect policy keeps trying in the background.
+        config.fail_fast = false;
+        let target = config.server.hosts().first().map(|server| server.to_string()).unwrap_or_default();
+
+        let mut builder = Builder::from_config(config);
+        let mut policy = ReconnectPolicy::new_exponential(
+            RECONNECT_FOREVER,
+            RECONNECT_MIN_DELAY_MS,
+            RECONNECT_MAX_DELAY_MS,
+            RECONNECT_BACKOFF_BASE,
+        );
+        policy.set_jitter(RECONNECT_JITTER_MS);
+        let stall_limit = stall_limit(cfg.timeout);
+        builder
+            .set_policy(policy)
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = cfg.timeout;
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = CONNECT_TIMEOUT;
+                conn.internal_command_timeout = SETUP_COMMAND_TIMEOUT;
+                conn.max_command_attempts = MAX_COMMAND_ATTEMPTS;
+                conn.max_command_buffer_len = COMMAND_QUEUE_LIMIT;
+                conn.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(stall_limit),
+                    interval: stall_limit / UNRESPONSIVE_CHECKS,
+                };
+                // Small request/response frames: do not let Nagle hold them back.
+                conn.tcp.nodelay = Some(true);
+            });
+        let pool = builder
+            .build_pool(cfg.pool_size)
+            .map_err(|err| StoreError::Config(format!("redis client: {}", err.details())))?;
+
+        // Subscribe to connection events before connecting so the first failure is seen too.
+        let last_error = LastError::default();
+        let mut tasks: Vec<JoinHandle<()>> = pool
+            .clients()
+            .iter()
+            .map(|client| watch_connection(client, &target, last_error.clone()))
+            .collect();
+        tasks.extend(pool.connect_pool().into_iter().map(|handle| {
+            tokio::spawn(async move {
+                // The connection task only ends on quit or on an error fred will not retry.
+                if let Ok(Err(err)) = handle.await {
+                    tracing::error!(error = %err, "redis connection task stopped");
+                }
+            })
+        }));
+        tracing::info!(
+            server = %target,
+            tls,
+            pool_size = cfg.pool_size,
+            "redis store connecting in the background"
+        );
+
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                stalls: StallWatch::new(pool.size(), stall_limit),
+                pool,
+                belt: cfg.timeout + TIMEOUT_BELT_SLACK,
+                next_client: AtomicUsize::new(0),
+                last_error,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// `GET key`, or `GETEX key EX secs` (fred has no GETEX method: sent as a custom command).
+    pub async fn get(&self, key: &str, refresh_ttl: Option<u64>) -> Result<Option<Bytes>, StoreError> {
+        let (index, client) = self.pick();
+        match refresh_ttl {
+            None => self.call(index, client.get::<Option<Bytes>, _>(key)).await,
+            Some(secs) => {
+                let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
+                let args =
+                    vec![Value::from(key), Value::from_static_str("EX"), Value::Integer(ttl_arg(secs)?)];
+                self.call(index, client.custom::<Option<Bytes>, Value>(getex, args)).await
+            }
+        }
+    }
+
+    /// `SET key value EX ttl_secs`.
+    pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
+        let (index, client) = self.pick();
+        self.call(index, client.set::<(), _, _>(key, value, expire, None, false)).await
+    }
+
+    /// `DEL key`.
+    pub async fn del(&self, key: &str) -> Result<(), StoreError> {
+        let (index, client) = self.pick();
+        self.call(index, client.del::<(), _>(key)).await
+    }
+
+    /// `SET new_key value EX ttl_secs` and `DEL old_key` in one pipeline (one round trip); `Ok`
+    /// only when both succeeded.
+    ///
+    /// A pipeline rather than MULTI/EXEC: fred's transactions need its `transactions` feature
+    /// and read the EXEC reply inside the router task, where a stalled server would hold up
+    /// every other command on that client. The pipeline is sent only on a connected client
+    /// (`fail_fast`): fred does not mark a timed-out pipeline, so a queued one could otherwise
+    /// run after Redis returns and delete a session whose regeneration was reported failed.
+    pub async fn rename_with(
+        &self,
+        old_key: &str,
+        new_key: &str,
+        value: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
+        let only_when_connected = Options { fail_fast: true, ..Options::default() };
+        let (index, client) = self.pick();
+        let pipeline = client.pipeline().with_options(&only_when_connected);
+        // These only buffer the commands (they answer at once); `try_all` sends them.
+        pipeline
+            .set::<(), _, _>(new_key, value, expire, None, false)
+            .await
+            .map_err(|err| self.fred_error(index, &err))?;
+        pipeline.del::<(), _>(old_key).await.map_err(|err| self.fred_error(index, &err))?;
+        let sent = async {
+            for result in pipeline.try_all::<Value>().await {
+                result?;
+            }
+            Ok(())
+        };
+        self.call(index, sent).await
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let (index, client) = self.pick();
+        self.call(index, client.ping::<()>(None)).await
+    }
+
+    /// Sends QUIT on every connection (bounded by the belt, as Redis may be down) and stops the
+    /// connection tasks.
+    pub async fn shutdown(&self) {
+        let _ = tokio::time::timeout(self.inner.belt, self.inner.pool.quit()).await;
+        abort_all(&self.inner.tasks);
+    }
+
+    /// The next pooled client in turn, skipping disconnected ones while any is connected (as
+    /// fred's own pool routing does), with its index.
+    fn pick(&self) -> (usize, &Client) {
+        let clients = self.inner.pool.clients();
+        // `connect` refuses an empty pool, so `clients.len() > 0`.
+        let start = self.inner.next_client.fetch_add(1, Ordering::Relaxed);
+        let index = (0..clients.len())
+            .map(|offset| start.wrapping_add(offset) % clients.len())
+            .find(|&index| clients[index].is_connected())
+            .unwrap_or(start % clients.len());
+        (index, &clients[index])
+    }
+
+    /// Runs one fred call on client `index` under the belt, maps its error, and feeds the
+    /// outcome to the stall watch.
+    async fn call<T>(
+        &self,
+        index: usize,
+        request: impl Future<Output = Result<T, FredError>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.inner.belt, request).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(self.fred_error(index, &err)),
+            Err(_elapsed) => Err(self.store_error(index, Failure::Timeout, "")),
+        };
+        match &result {
+            // An answer, even an error reply, proves the connection works.
+            Ok(_) | Err(StoreError::Command(_)) => self.inner.stalls.answered(index),
+            Err(StoreError::Timeout) => {
+                if self.inner.stalls.timed_out(index, Instant::now()) {
+                    self.replace_connection(index);
+                }
+            }
+            // fred already knows the connection is down and is reconnecting.
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn fred_error(&self, index: usize, err: &FredError) -> StoreError {
+        let failure = classify(err.kind(), self.client_connected(index));
+        self.store_error(index, failure, &err.to_string())
+    }
+
+    fn store_error(&self, index: usize, failure: Failure, message: &str) -> StoreError {
+        match failure {
+            Failure::Timeout if self.client_connected(index) => StoreError::Timeout,
+            Failure::Timeout | Failure::NotConnected => {
+                StoreError::Unavailable(match self.inner.last_error.get() {
+                    Some(cause) => format!("not connected to Redis: {cause}"),
+                    None => "not connected to Redis".to_owned(),
+                })
+            }
+            Failure::Unavailable => StoreError::Unavailable(message.to_owned()),
+            Failure::Config => StoreError::Config(message.to_owned()),
+            Failure::Command => StoreError::Command(message.to_owned()),
+        }
+    }
+
+    fn client_connected(&self, index: usize) -> bool {
+        self.inner.pool.clients().get(index).is_some_and(|client| client.is_connected())
+    }
+
+    /// Makes client `index` drop its connection and reconnect. fred's own unresponsive check
+    /// measures from the latest write, so under steady traffic it never fires on a connection
+    /// that takes writes but never answers (a dropped NAT or load-balancer entry, a half-open
+    /// TCP connection); the calls' timeouts show it instead.
+    fn replace_connection(&self, index: usize) {
+        let Some(client) = self.inner.pool.clients().get(index).cloned() else {
+            return;
+        };
+        tracing::warn!(
+            client = %client.id(),
+            "redis connection stopped answering; reconnecting"
+        );
+        tokio::spawn(async move {
+            // Only bounds this task: the reconnect itself carries on in fred's router.
+            let _ = tokio::time::timeout(RECONNECT_REQUEST_WAIT, client.force_reconnection()).await;
+        });
+    }
+}
+
+/// Per pooled client, since when its calls have been timing out while fred counts it as
+/// connected. Lock-free, as every call updates it.
+struct StallWatch {
+    /// Reference point for the stored times.
+    epoch: Instant,
+    /// Milliseconds since `epoch` plus one when the current run of timeouts began; 0: none.
+    since: Box<[AtomicU64]>,
+    /// How long a run of timeouts may last before the connection is replaced.
+    limit: Duration,
+}
+
+impl StallWatch {
+    fn new(clients: usize, limit: Duration) -> StallWatch {
+        StallWatch { epoch: Instant::now(), since: (0..clients).map(|_| AtomicU64::new(0)).collect(), limit }
+    }
+
+    /// Client `index` answered: its run of timeouts, if any, is over.
+    fn answered(&self, index: usize) {
+        if let Some(slot) = self.since.get(index) {
+            // Read first: the common case writes nothing, so clients do not contend.
+            if slot.load(Ordering::Relaxed) != 0 {
+                slot.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Client `index` timed out at `now`. True (once per run) when its timeouts have lasted
+    /// the limit.
+    fn timed_out(&self, index: usize, now: Instant) -> bool {
+        let Some(slot) = self.since.get(index) else {
+            return false;
+        };
+        let now_ms =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        match slot.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => false,
+            Err(first_ms) => {
+                let lasted = Duration::from_millis(now_ms.saturating_sub(first_ms));
+                lasted >= self.limit
+                    && slot.compare_exchange(first_ms, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            }
+        }
+    }
+}
+
+/// What a failed fred call means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No answer in time; a slow server if connected, an unreachable one if not.
+    Timeout,
+    /// The call could not be sent: no connection.
+    NotConnected,
+    /// The connection failed under the call (I/O, TLS, authentication, back-pressure).
+    Unavailable,
+    Config,
+    /// The server answered with an error.
+    Command,
+}
+
+/// Classifies a fred error. `connected` (whether any pooled client is connected) tells a
+/// slow server from one that cannot be reached, which matter differently to whoever runs
+/// Redis.
+fn classify(kind: &ErrorKind, connected: bool) -> Failure {
+    match kind {
+        ErrorKind::Timeout => Failure::Timeout,
+        // fail_fast refusals, and a client that is not running (after shutdown).
+        ErrorKind::Canceled | ErrorKind::Unknown if !connected => Failure::NotConnected,
+        ErrorKind::IO
+        | ErrorKind::Canceled
+        | ErrorKind::Tls
+        | ErrorKind::Auth
+        | ErrorKind::Backpressure
+        | ErrorKind::Routing => Failure::Unavailable,
+        ErrorKind::Config | ErrorKind::Url => Failure::Config,
+        // Unknown is also what fred uses for most server error replies (OOM, ERR ...).
+        _ => Failure::Command,
+    }
+}
+
+/// A TTL as Redis's signed integer argument. Redis itself rejects 0 and values it cannot add to
+/// the clock; a value that does not even fit an i64 is rejected here the same way.
+fn ttl_arg(secs: u64) -> Result<i64, StoreError> {
+    i64::try_from(secs).map_err(|_| StoreError::Command("ERR invalid expire time (out of range)".to_owned()))
+}
+
+/// `rediss…://` becomes `redis…://` plus a TLS flag, so fred's URL parser does not build its own
+/// TLS setup: it would load the system roots itself, fail on any unreadable one, and use the
+/// process-wide rustls provider (which panics when none or several are available). Ours comes
+/// from [`tls_client_config`].
+fn split_tls_scheme(url: &str) -> (Cow<'_, str>, bool) {
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.to_ascii_lowercase().starts_with("rediss") => {
+            // "rediss", "rediss-cluster", "rediss-sentinel" -> drop the second 's'.
+            let plain = format!("redis{}://{rest}", &scheme["rediss".len()..]);
+            (Cow::Owned(plain), true)
+        }
+        _ => (Cow::Borrowed(url), false),
+    }
+}
+
+/// The rustls client configuration for `rediss://`: the system's trusted roots plus the PEM
+/// certificates in `ca_file`, with the ring provider passed explicitly so no process-wide
+/// provider is needed. Runs once at startup (blocking file reads are acceptable there).
+fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, StoreError> {
+    let mut roots = RootCertStore::empty();
+
+    let native = rustls_native_certs::load_native_certs();
+    if !native.errors.is_empty() {
+        tracing::warn!(errors = native.errors.len(), "some system CA certificates could not be loaded");
+    }
+    let (_added, ignored) = roots.add_parsable_certificates(native.certs);
+    if ignored > 0 {
+        tracing::warn!(ignored, "some system CA certificates are invalid and were skipped");
+    }
+
+    if let Some(path) = ca_file {
+        let bad_file =
+            |reason: String| StoreError::Config(format!("store.ca_file {}: {reason}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|err| bad_file(err.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| bad_file(err.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad_file("no PEM certificates found".to_owned()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|err| bad_file(err.to_string()))?;
+        }
+    }
+
+    if roots.is_empty() {
+        return Err(StoreError::Config(
+            "no trusted CA certificates for rediss:// (install the system CA bundle or set \
+             store.ca_file)"
+                .to_owned(),
+        ));
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| StoreError::Config(format!("TLS setup: {err}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// How long calls on a connection may keep timing out before it is treated as dead and
+/// replaced (both by fred's unresponsive check and by the [`StallWatch`]).
+fn stall_limit(timeout: Duration) -> Duration {
+    (timeout * UNRESPONSIVE_TIMEOUTS).max(UNRESPONSIVE_MIN)
+}
+
+/// The latest connection failure of any pooled client, shared with the watcher tasks.
+#[derive(Clone, Default)]
+struct LastError(Arc<Mutex<Option<String>>>);
+
+impl LastError {
+    fn set(&self, error: Option<String>) {
+        match self.0.lock() {
+            Ok(mut slot) => *slot = error,
+            Err(poisoned) => *poisoned.into_inner() = error,
+        }
+    }
+
+    fn get(&self) -> Option<String> {
+        match self.0.lock() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Follows one pooled client's connection events: records the latest failure for error
+/// messages and logs failures and recoveries, so an operator sees why the store is unavailable
+/// (refused, TLS, WRONGPASS) and when it is back. A failure repeating on every reconnect
+/// attempt is logged once (then at debug level) until the client connects again. Messages come
+/// from fred and the server and carry no URL or password.
+fn watch_connection(client: &Client, target: &str, last_error: LastError) -> JoinHandle<()> {
+    let mut errors = client.error_rx();
+    let mut reconnects = client.reconnect_rx();
+    let client_id = client.id().to_owned();
+    let target = target.to_owned();
+    tokio::spawn(async move {
+        let mut logged: Option<String> = None;
+        loop {
+            tokio::select! {
+                event = errors.recv() => match event {
+                    Ok((error, _server)) => {
+                        let message = error.to_string();
+                        if logged.as_ref() != Some(&message) {
+                            tracing::warn!(
+                                client = %client_id,
+                                server = %target,
+                                error = %message,
+                                "redis connection error"
+                            );
+                        } else {
+                            tracing::debug!(
+                                client = %client_id,
+                                server = %target,
+                                error = %message,
+                                "redis connection error (repeated)"
+                            );
+                        }
+                        last_error.set(Some(message.clone()));
+                        logged = Some(message);
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+                event = reconnects.recv() => match event {
+                    Ok(_server) => {
+                        tracing::info!(client = %client_id, server = %target, "redis connected");
+                        last_error.set(None);
+                        logged = None;
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+            }
+        }
+    })
+}
+
+fn abort_all(tasks: &Mutex<Vec<JoinHandle<()>>>) {
+    let tasks = match tasks.lock() {
+        Ok(mut tasks) => std::mem::take(&mut *tasks),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreUrl;
+
+    fn config(url: &str) -> StoreConfig {
+        StoreConfig {
+            url: StoreUrl::Redis(url.to_owned()),
+            key_prefix: "_session:".to_owned(),
+            ca_file: None,
+            timeout: Duration::from_millis(200),
+            pool_size: 2,
+        }
+    }
+
+    #[test]
+    fn tls_schemes_are_split() {
+        assert_eq!(
+            split_tls_scheme("rediss://default:t@h:6379"),
+            (Cow::Borrowed("redis://default:t@h:6379"), true)
+        );
+        assert_eq!(split_tls_scheme("rediss-cluster://h:1"), (Cow::Borrowed("redis-cluster://h:1"), true));
+        assert_eq!(split_tls_scheme("redis://h:1"), (Cow::Borrowed("redis://h:1"), false));
+        assert_eq!(split_tls_scheme("nonsense"), (Cow::Borrowed("nonsense"), false));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        use Failure::*;
+        assert_eq!(classify(&ErrorKind::Timeout, true), Timeout);
+        assert_eq!(classify(&ErrorKind::Timeout, false), Timeout);
+        assert_eq!(classify(&ErrorKind::Canceled, false), NotConnected);
+        assert_eq!(classify(&ErrorKind::Unknown, false), NotConnected);
+        assert_eq!(classify(&ErrorKind::Canceled, true), Unavailable);
+        assert_eq!(classify(&ErrorKind::IO, true), Unavailable);
+        assert_eq!(classify(&ErrorKind::Auth, false), Unavailable);
+        assert_eq!(classify(&ErrorKind::Tls, false), Unavailable);
+        assert_eq!(classify(&ErrorKind::Backpressure, true), Unavailable);
+        assert_eq!(classify(&ErrorKind::Unknown, true), Command);
+        assert_eq!(classify(&ErrorKind::InvalidArgument, true), Command);
+        assert_eq!(classify(&ErrorKind::Url, true), Config);
+    }
+
+    #[test]
+    fn stall_limit_follows_the_timeout() {
+        assert_eq!(stall_limit(Duration::from_millis(100)), UNRESPONSIVE_MIN);
+        assert_eq!(stall_limit(Duration::from_secs(1)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn stall_watch_fires_once_per_run_of_timeouts() {
+        let watch = StallWatch::new(2, Duration::from_secs(2));
+        let t0 = watch.epoch;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!watch.timed_out(0, at(0)));
+        assert!(!watch.timed_out(0, at(1999)));
+        // Client 1 has its own run.
+        assert!(!watch.timed_out(1, at(1999)));
+        assert!(watch.timed_out(0, at(2000)));
+        // Fired: the next timeout starts a new run.
+        assert!(!watch.timed_out(0, at(2100)));
+        assert!(!watch.timed_out(0, at(4000)));
+        // An answer ends the run.
+        watch.answered(0);
+        assert!(!watch.timed_out(0, at(4100)));
+        assert!(!watch.timed_out(0, at(6000)));
+        assert!(watch.timed_out(0, at(6100)));
+        // Out-of-range indexes are ignored.
+        watch.answered(7);
+        assert!(!watch.timed_out(7, at(0)));
+    }
+
+    #[test]
+    fn ttl_out_of_range_is_rejected() {
+        assert_eq!(ttl_arg(60).unwrap(), 60);
+        assert!(ttl_arg(u64::MAX).is_err());
+    }
+
+    #[tokio::test]
+    async fn config_errors_never_echo_the_password() {
+        for url in
+            ["redis://u:hunter2@host:notaport", "rediss://u:hunter2@:6379", "redis://u:hunter2@h:1/a/b"]
+        {
+            let err = match RedisStore::connect(url, &config(url)) {
+                Err(err) => err,
+                Ok(_) => panic!("accepted a bad URL"),
+            };
+            assert_eq!(err.kind(), "config");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn zero_pool_or_timeout_is_a_config_error() {
+        let mut cfg = config("redis://127.0.0.1:1");
+        cfg.pool_size = 0;
+        assert!(matches!(RedisStore::connect("redis://127.0.0.1:1", &cfg), Err(StoreError::Config(_))));
+        let mut cfg = config("redis://127.0.0.1:1");
+        cfg.timeout = Duration::ZERO;
+        assert!(matches!(RedisStore::connect("redis://127.0.0.1:1", &cfg), Err(StoreError::Config(_))));
+    }
+
+    #[tokio::test]
+    async fn unreadable_ca_file_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [missing, empty] {
+            let mut cfg = config("rediss://127.0.0.1:1");
+            cfg.ca_file = Some(path);
+            assert!(matches!(RedisStore::connect("rediss://127.0.0.1:1", &cfg), Err(StoreError::Config(_))));
+        }
+    }
+
+    /// Nothing listens on the port: building succeeds at once and calls fail within the
+    /// timeout (the outer timeout only guards against a hang).
+    #[tokio::test]
+    async fn starts_and_fails_calls_while_redis_is_down() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let url = format!("redis://127.0.0.1:{port}");
+        let store = RedisStore::connect(&url, &config(&url)).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), store.get("k", None))
+            .await
+            .expect("the call must end on its own");
+        let err = result.unwrap_err();
+        assert!(matches!(err.kind(), "unavailable" | "timeout"), "{err}");
+        let failed = tokio::time::timeout(Duration::from_secs(10), store.rename_with("a", "b", "{}", 60))
+            .await
+            .expect("the call must end on its own");
+        assert!(failed.is_err());
+        tokio::time::timeout(Duration::from_secs(10), store.shutdown())
+            .await
+            .expect("shutdown must end on its own");
+    }
+}

@@ -1,0 +1,401 @@
+//! The Redis store against a real redis-server: what lands in Redis (values, TTLs), recovery
+//! after Redis is down, stopped or frozen, and TLS with a password (the Upstash set-up).
+//!
+//! No timing assertions: outer timeouts only guard against hangs, and recovery is polled with a
+//! bounded retry loop.
+
+mod common;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use session_proxy::config::{StoreConfig, StoreUrl};
+use session_proxy::store::{Store, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The store's per-call timeout in these tests: short, so failures come quickly.
+const STORE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Any single store call (or connect) taking longer than this is a hang: the test fails.
+const HANG_GUARD: Duration = Duration::from_secs(10);
+/// How long the store may take to serve again after Redis is back.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause between recovery probes.
+const RECOVERY_POLL: Duration = Duration::from_millis(50);
+
+fn store_config(url: String, ca_file: Option<PathBuf>) -> StoreConfig {
+    StoreConfig {
+        url: StoreUrl::Redis(url),
+        key_prefix: "_session:".to_owned(),
+        ca_file,
+        timeout: STORE_TIMEOUT,
+        pool_size: 2,
+    }
+}
+
+/// Runs a store future, failing the test if it does not end on its own.
+async fn guarded<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(HANG_GUARD, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what} did not return within {HANG_GUARD:?}"),
+    }
+}
+
+async fn connect(cfg: &StoreConfig) -> Store {
+    match guarded("Store::connect", Store::connect(cfg)).await {
+        Ok(store) => store,
+        Err(err) => panic!("Store::connect failed: {err}"),
+    }
+}
+
+/// Polls until a write and a read through `store` succeed again.
+async fn wait_until_serving(store: &Store) {
+    let started = Instant::now();
+    loop {
+        let write = guarded("set", store.set("probe", "{}", 60)).await;
+        if write.is_ok() && guarded("get", store.get("probe", None)).await.is_ok() {
+            return;
+        }
+        assert!(
+            started.elapsed() < RECOVERY_DEADLINE,
+            "store did not recover within {RECOVERY_DEADLINE:?}: {write:?}"
+        );
+        tokio::time::sleep(RECOVERY_POLL).await;
+    }
+}
+
+fn ttl(redis: &RedisServer, key: &str) -> i64 {
+    let out = redis.cli(&["TTL", key]);
+    out.parse().unwrap_or_else(|_| panic!("TTL {key}: unexpected redis-cli output {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_get_del_round_trip() {
+    let redis = RedisServer::start();
+    let store = connect(&store_config(redis.url(), None)).await;
+    assert_eq!(store.kind(), "redis");
+    wait_until_serving(&store).await;
+
+    let value = r#"{"user":"Zoë","n":1}"#;
+    guarded("set", store.set("_session:abc", value, 120)).await.unwrap();
+    assert_eq!(redis.cli(&["GET", "_session:abc"]), value);
+    let remaining = ttl(&redis, "_session:abc");
+    assert!((1..=120).contains(&remaining), "TTL {remaining}");
+
+    let read = guarded("get", store.get("_session:abc", None)).await.unwrap();
+    assert_eq!(read.as_deref(), Some(value.as_bytes()));
+
+    guarded("del", store.del("_session:abc")).await.unwrap();
+    assert_eq!(redis.cli(&["EXISTS", "_session:abc"]), "0");
+    assert_eq!(guarded("get", store.get("_session:abc", None)).await.unwrap(), None);
+    // Deleting a missing key is fine.
+    guarded("del", store.del("_session:abc")).await.unwrap();
+    guarded("ping", store.ping()).await.unwrap();
+    guarded("shutdown", store.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getex_refreshes_the_ttl_and_get_does_not() {
+    let redis = RedisServer::start();
+    let store = connect(&store_config(redis.url(), None)).await;
+    wait_until_serving(&store).await;
+
+    assert_eq!(redis.cli(&["SET", "k", "{\"a\":1}", "EX", "50"]), "OK");
+    let read = guarded("get", store.get("k", None)).await.unwrap();
+    assert_eq!(read.as_deref(), Some(&b"{\"a\":1}"[..]));
+    assert!(ttl(&redis, "k") <= 50);
+
+    let read = guarded("getex", store.get("k", Some(5000))).await.unwrap();
+    assert_eq!(read.as_deref(), Some(&b"{\"a\":1}"[..]));
+    let refreshed = ttl(&redis, "k");
+    assert!(refreshed > 50 && refreshed <= 5000, "TTL {refreshed}");
+
+    // GETEX on a missing key is a miss, not an error.
+    assert_eq!(guarded("getex", store.get("missing", Some(60))).await.unwrap(), None);
+    assert_eq!(redis.cli(&["EXISTS", "missing"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_with_moves_the_session() {
+    let redis = RedisServer::start();
+    let store = connect(&store_config(redis.url(), None)).await;
+    wait_until_serving(&store).await;
+
+    guarded("set", store.set("_session:old", "{}", 60)).await.unwrap();
+    guarded("rename_with", store.rename_with("_session:old", "_session:new", r#"{"user":1}"#, 300))
+        .await
+        .unwrap();
+
+    assert_eq!(redis.cli(&["EXISTS", "_session:old"]), "0");
+    assert_eq!(redis.cli(&["GET", "_session:new"]), r#"{"user":1}"#);
+    let remaining = ttl(&redis, "_session:new");
+    assert!((61..=300).contains(&remaining), "TTL {remaining}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_redis_is_down_and_serves_once_it_is_up() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+
+    let store = connect(&store_config(redis.url(), None)).await;
+    let read = guarded("get", store.get("k", None)).await;
+    assert!(read.is_err(), "a read with Redis down must fail");
+    let write = guarded("set", store.set("k", "{}", 60)).await;
+    assert!(write.is_err(), "a write with Redis down must fail");
+    let ping = guarded("ping", store.ping()).await;
+    assert!(ping.is_err());
+    let rename = guarded("rename_with", store.rename_with("a", "b", "{}", 60)).await;
+    assert!(rename.is_err());
+
+    redis.restart();
+    wait_until_serving(&store).await;
+    guarded("set", store.set("k", "{\"up\":true}", 60)).await.unwrap();
+    assert_eq!(redis.cli(&["GET", "k"]), "{\"up\":true}");
+    // Nothing written while Redis was down shows up later.
+    assert_eq!(redis.cli(&["EXISTS", "b"]), "0");
+    guarded("shutdown", store.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_after_a_restart_without_being_rebuilt() {
+    let mut redis = RedisServer::start();
+    let store = connect(&store_config(redis.url(), None)).await;
+    wait_until_serving(&store).await;
+    guarded("set", store.set("before", "{}", 60)).await.unwrap();
+
+    redis.stop();
+    let read = guarded("get", store.get("before", None)).await;
+    assert!(read.is_err(), "a read with Redis stopped must fail");
+
+    redis.restart();
+    wait_until_serving(&store).await;
+    // Redis came back empty (no persistence): the old key is gone, new writes land.
+    assert_eq!(guarded("get", store.get("before", None)).await.unwrap(), None);
+    guarded("set", store.set("after", "{\"x\":2}", 60)).await.unwrap();
+    assert_eq!(redis.cli(&["GET", "after"]), "{\"x\":2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_times_out_and_recovers_when_resumed() {
+    let redis = RedisServer::start();
+    let store = connect(&store_config(redis.url(), None)).await;
+    wait_until_serving(&store).await;
+    guarded("set", store.set("k", "{}", 60)).await.unwrap();
+
+    redis.pause();
+    let read = guarded("get", store.get("k", None)).await;
+    assert!(matches!(read, Err(StoreError::Timeout)), "a stalled server must time out: {read:?}");
+    // Later calls fail too (as timeout, or unavailable once the connection is recycled).
+    let write = guarded("set", store.set("k2", "{}", 60)).await;
+    assert!(write.is_err());
+    redis.resume();
+
+    wait_until_serving(&store).await;
+    let read = guarded("get", store.get("k", None)).await.unwrap();
+    assert_eq!(read.as_deref(), Some(&b"{}"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_sleep_times_out_and_the_store_recovers() {
+    let redis = RedisServer::start();
+    let store = connect(&store_config(redis.url(), None)).await;
+    wait_until_serving(&store).await;
+
+    // Stall the server from another connection for a few store timeouts.
+    let sleeper = {
+        let port = redis.port().to_string();
+        std::thread::spawn(move || {
+            std::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port, "DEBUG", "SLEEP", "2"])
+                .output()
+        })
+    };
+    // Until the sleep starts, calls may still succeed; one of them must time out.
+    let started = Instant::now();
+    loop {
+        match guarded("get", store.get("k", None)).await {
+            Err(StoreError::Timeout) => break,
+            Err(err) => panic!("expected a timeout, got {err}"),
+            Ok(_) => {
+                assert!(started.elapsed() < RECOVERY_DEADLINE, "DEBUG SLEEP never stalled the store");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let _ = sleeper.join();
+    wait_until_serving(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_password_and_ca_file() {
+    let redis = RedisServer::start_tls("upstash-like token/+=");
+    assert!(redis.url().starts_with("rediss://default:"));
+    let store = connect(&store_config(redis.url(), redis.ca_file())).await;
+    wait_until_serving(&store).await;
+
+    guarded("set", store.set("_session:tls", "{\"t\":1}", 90)).await.unwrap();
+    assert_eq!(redis.cli(&["GET", "_session:tls"]), "{\"t\":1}");
+    let remaining = ttl(&redis, "_session:tls");
+    assert!((1..=90).contains(&remaining), "TTL {remaining}");
+    let read = guarded("getex", store.get("_session:tls", Some(900))).await.unwrap();
+    assert_eq!(read.as_deref(), Some(&b"{\"t\":1}"[..]));
+    assert!(ttl(&redis, "_session:tls") > 90);
+    guarded("shutdown", store.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_fails() {
+    let redis = RedisServer::start_tls("right-password");
+    let url = format!("rediss://default:wrong-password@127.0.0.1:{}", redis.port());
+    let store = connect(&store_config(url, redis.ca_file())).await;
+
+    // Every call fails; once the first connection attempt has been refused, the error names
+    // the cause (and never the password).
+    let started = Instant::now();
+    loop {
+        let read = guarded("get", store.get("k", None)).await;
+        let err = read.expect_err("a wrong password must not serve");
+        assert_eq!(err.kind(), "unavailable", "{err}");
+        let message = err.to_string();
+        assert!(!message.contains("wrong-password"), "{message}");
+        if message.contains("WRONGPASS") {
+            break;
+        }
+        assert!(started.elapsed() < RECOVERY_DEADLINE, "the error never named the cause: {message}");
+    }
+    assert!(guarded("ping", store.ping()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_the_private_ca_fails() {
+    let redis = RedisServer::start_tls("token");
+    // System roots only: the test CA is unknown, so the handshake is refused. (A machine
+    // without any system roots refuses already at connect, as a config error.)
+    let cfg = store_config(redis.url(), None);
+    if let Ok(store) = guarded("Store::connect", Store::connect(&cfg)).await {
+        let read = guarded("get", store.get("k", None)).await;
+        assert!(read.is_err(), "an untrusted server certificate must not serve");
+    }
+}
+
+/// A TCP relay to Redis that can silently stop forwarding on the connections open at that
+/// moment while new connections work: what a NAT or load balancer dropping a connection's
+/// state looks like to the client (writes are accepted, nothing ever answers).
+struct BlackholeRelay {
+    port: u16,
+    /// Connections accepted at or before this generation no longer forward anything.
+    cut: Arc<AtomicU64>,
+    generation: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackholeRelay {
+    async fn start(redis_port: u16) -> BlackholeRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicU64::new(0));
+        let generation = Arc::new(AtomicU64::new(1));
+        let task = {
+            let (cut, generation) = (cut.clone(), generation.clone());
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", redis_port)).await else {
+                        continue;
+                    };
+                    let conn_generation = generation.load(Ordering::SeqCst);
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    for (from, to) in [(client_read, server_write), (server_read, client_write)] {
+                        let cut = cut.clone();
+                        tokio::spawn(relay(from, to, conn_generation, cut));
+                    }
+                }
+            })
+        };
+        BlackholeRelay { port, cut, generation, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, the connections open so far swallow everything.
+    fn cut_open_connections(&self) {
+        let current = self.generation.fetch_add(1, Ordering::SeqCst);
+        self.cut.store(current, Ordering::SeqCst);
+    }
+}
+
+impl Drop for BlackholeRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    generation: u64,
+    cut: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if generation <= cut.load(Ordering::SeqCst) {
+            continue; // swallowed: read (so the sender's writes succeed) but never delivered
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Under steady traffic, a connection that accepts writes but never answers is detected from
+/// the calls' timeouts and replaced, without waiting for TCP to give up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_connection_is_replaced_under_steady_traffic() {
+    let redis = RedisServer::start();
+    let relay = BlackholeRelay::start(redis.port()).await;
+    let store = connect(&store_config(relay.url(), None)).await;
+    wait_until_serving(&store).await;
+    guarded("set", store.set("k", "{}", 60)).await.unwrap();
+
+    // Steady background traffic: a new call every few milliseconds on every client, which
+    // keeps fred's own unresponsive check (time since the last write) from ever firing.
+    let traffic = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _ = store.get("k", None).await;
+                });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    relay.cut_open_connections();
+    let started = Instant::now();
+    let mut saw_failure = false;
+    loop {
+        match guarded("get", store.get("k", None)).await {
+            Ok(value) if saw_failure => {
+                assert_eq!(value.as_deref(), Some(&b"{}"[..]));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => saw_failure = true,
+        }
+        assert!(started.elapsed() < RECOVERY_DEADLINE, "the dead connection was never replaced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    traffic.abort();
+}
