@@ -59,6 +59,13 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// The status classes counted per route; index is `status / 100 - 1`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Every [`StoreError::kind`]: exposed at 0 from the start, so `rate()` and alerts see the
+/// series before the first error (an absent series is not a zero to Prometheus).
+const STORE_ERROR_KINDS: [&str; 4] = ["timeout", "unavailable", "command", "config"];
+
+/// The session events counted (a session merely loaded, or none, is not an event).
+const SESSION_EVENTS: [&str; 4] = ["created", "updated", "destroyed", "regenerated"];
+
 /// Every metric of the process. Cheap to share: each metric is an `Arc` inside.
 pub struct Metrics {
     registry: Registry,
@@ -134,6 +141,13 @@ impl Metrics {
         );
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
+
+        for kind in STORE_ERROR_KINDS {
+            let _ = store_errors.get_or_create(&KindLabels { kind });
+        }
+        for event in SESSION_EVENTS {
+            let _ = sessions.get_or_create(&EventLabels { event });
+        }
 
         let mut metrics = Metrics {
             registry,
@@ -255,5 +269,66 @@ mod tests {
         assert!(text.contains(r#"session_proxy_requests_total{route="-",status="4xx"} 1"#), "{text}");
         assert!(text.contains(r#"session_proxy_sessions_total{event="created"} 1"#), "{text}");
         assert!(text.contains(r#"session_proxy_upstream_duration_seconds_count{route="/api"} 1"#), "{text}");
+        assert!(text.contains(r#"session_proxy_upstream_duration_seconds_count{route="-"} 0"#), "{text}");
+    }
+
+    #[test]
+    fn error_kinds_and_session_events_are_exposed_at_zero_and_count() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for kind in STORE_ERROR_KINDS {
+            assert!(
+                text.contains(&format!("session_proxy_store_errors_total{{kind=\"{kind}\"}} 0")),
+                "{text}"
+            );
+        }
+        for event in SESSION_EVENTS {
+            assert!(text.contains(&format!("session_proxy_sessions_total{{event=\"{event}\"}} 0")), "{text}");
+        }
+        let errors = [
+            StoreError::Timeout,
+            StoreError::Unavailable("x".into()),
+            StoreError::Command("x".into()),
+            StoreError::Config("x".into()),
+        ];
+        for error in &errors {
+            assert!(STORE_ERROR_KINDS.contains(&error.kind()), "{} is not pre-created", error.kind());
+            m.store_error(error);
+        }
+        let text = m.encode();
+        for kind in STORE_ERROR_KINDS {
+            assert!(
+                text.contains(&format!("session_proxy_store_errors_total{{kind=\"{kind}\"}} 1")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn store_command_durations_are_histograms_by_command() {
+        let m = Metrics::new();
+        m.store_command("get", Duration::from_micros(300));
+        m.store_command("get", Duration::from_millis(2));
+        let text = m.encode();
+        assert!(text.contains("# TYPE session_proxy_store_command_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains(r#"session_proxy_store_command_duration_seconds_count{command="get"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"session_proxy_store_command_duration_seconds_bucket{le="0.0004",command="get"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn open_connections_go_up_and_down() {
+        let m = Metrics::new();
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        assert!(m.encode().contains("session_proxy_open_connections 1\n"));
     }
 }
