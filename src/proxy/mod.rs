@@ -69,8 +69,8 @@ pub(crate) async fn handle(
         path = %path,
         status = out.status.as_u16(),
         duration_ms = ms(start.elapsed()),
-        route = out.route.as_deref().map_or("-", |r| r.prefix.as_str()),
-        session = out.session.as_str(),
+        route = %out.route.as_deref().map_or("-", |r| r.prefix.as_str()),
+        session = %out.session.as_str(),
         store_ms = ms(out.store_time),
         upstream_ms = out.upstream_time.map(ms),
     );
