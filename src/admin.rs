@@ -1,9 +1,14 @@
 //! The admin listener (`server.admin_listen`), never the public one: `/healthz` (the process
-//! serves), `/readyz` (the store answers a PING within its timeout) and `/metrics`
-//! (Prometheus text format).
+//! serves), `/readyz` (the store answers a PING within its timeout, and the server is not
+//! draining) and `/metrics` (OpenMetrics text, which Prometheus scrapes).
+//!
+//! The public listener never routes to these: `/healthz` there is an ordinary request for the
+//! upstream, so nothing about the process leaks to clients.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -15,10 +20,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::Shared;
+use crate::server::{Shared, ACCEPT_ERROR_BACKOFF};
 
 /// Admin clients are probes and scrapers; they get the same slowloris bound as the public side.
-const ADMIN_HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `prometheus-client` writes: the OpenMetrics text format, which Prometheus negotiates
+/// and parses (a plain `text/plain; version=0.0.4` label would misdescribe the `# EOF` and
+/// `_total` conventions).
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the admin endpoints until `stop` turns true.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -31,7 +41,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
             },
@@ -54,26 +64,38 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match shared.store.ping().await {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(e) => {
-                shared.metrics.store_error(&e);
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: session store: {e}\n"))
-            }
-        },
+        "/readyz" => readyz(shared).await,
         "/metrics" => {
             let mut resp = text(StatusCode::OK, shared.metrics.encode());
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
             resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// 200 while the store answers a PING. The PING is bounded by the store timeout (a stalled
+/// Redis gives 503 after `store.timeout_ms`, never a hung probe); it is timed and its errors
+/// counted like any store command, so the metrics show an outage even without traffic.
+async fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
+    if shared.draining.load(Ordering::Relaxed) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n".into());
+    }
+    let start = Instant::now();
+    let result = shared.store.ping().await;
+    shared.metrics.store_command("ping", start.elapsed());
+    match result {
+        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+        Err(e) => {
+            shared.metrics.store_error(&e);
+            text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: session store: {e}\n"))
+        }
     }
 }
 

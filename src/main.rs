@@ -1,7 +1,7 @@
 //! The `session-proxy` binary: parses arguments, loads the config, starts logging and hands
 //! over to the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,33 +19,39 @@ struct Args {
     check: bool,
 }
 
+/// Exit status for a config that does not validate (or a certificate that does not load),
+/// distinct from 1 (could not start for another reason).
+const EXIT_INVALID_CONFIG: u8 = 2;
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match session_proxy::config::load(&args.config) {
+    if !args.check {
+        // Before the config loads, so that even a config error is a log line in the chosen
+        // format (`LOG_FORMAT=json` collectors get JSON from the first line).
+        init_logging();
+    }
+    let config = match load_and_check(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
-            return ExitCode::from(2);
+            if args.check {
+                eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
+            } else {
+                tracing::error!(path = %args.config.display(), error = %e, "invalid config");
+            }
+            return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
-    if let Some(files) = &config.server.tls {
-        if let Err(e) = session_proxy::tls::acceptor(files) {
-            eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
-            return ExitCode::from(2);
-        }
-    }
     if args.check {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    init_logging();
     // One process-wide rustls provider, in case a dependency builds a config without naming one.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("session-proxy: cannot start the runtime: {e}");
+            tracing::error!(error = %e, "cannot start the runtime");
             return ExitCode::FAILURE;
         }
     };
@@ -67,11 +73,25 @@ fn main() -> ExitCode {
     })
 }
 
+/// The config, validated, with its TLS certificate and key loaded once to prove they work.
+fn load_and_check(path: &Path) -> Result<session_proxy::Config, Box<dyn std::error::Error>> {
+    let config = session_proxy::config::load(path)?;
+    if let Some(files) = &config.server.tls {
+        session_proxy::tls::check(files)?;
+    }
+    Ok(config)
+}
+
 /// `RUST_LOG` sets the level (default `info`); `LOG_FORMAT=json` writes one JSON object a line.
+/// Text logs are coloured only on a terminal: escape codes would litter files and journald.
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().flatten_event(true).with_current_span(false).init();
     } else {

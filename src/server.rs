@@ -1,5 +1,5 @@
 //! The server: binds the listeners, accepts connections (plain or TLS), serves HTTP/1.1 and
-//! HTTP/2 through [`proxy::handle`], swaps the config on reload and drains on shutdown.
+//! HTTP/2 through `proxy::handle`, swaps the config on reload and drains on shutdown.
 //!
 //! Like mini-redis, [`Server::bind`] returns a value whose addresses tests can read (bind to
 //! port 0), and [`Server::run`] takes the shutdown signal as a future.
@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,15 +21,15 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
+use crate::admin;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy::{self, body::UpstreamBody};
 use crate::route::RouteTable;
 use crate::session::SessionLayer;
 use crate::store::{Store, StoreError};
-use crate::{admin, tls};
+use crate::tls::{Tls, TlsError};
 
 /// Timeouts and limits that are not in `proxy.toml`. The defaults suit production; tests
 /// shorten them.
@@ -60,7 +61,7 @@ pub const DEFAULT_HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// 64 KiB of request head: far above real browsers, small enough to bound memory per client.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// After a failed `accept` (usually out of file descriptors), wait before trying again.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -83,7 +84,17 @@ pub enum StartError {
     #[error("session store: {0}")]
     Store(#[from] StoreError),
     #[error("TLS: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] TlsError),
+}
+
+/// Why a reload was refused; the running config stays in place, whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The new certificate or key does not load (the old one keeps being served).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The part of the config that a reload swaps in at once; requests in flight keep the
@@ -113,16 +124,18 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Whether clients reach us over HTTPS (for `X-Forwarded-Proto`).
     pub https: bool,
+    /// Set once shutdown begins: `/readyz` then answers 503 so a load balancer stops sending
+    /// new requests while the in-flight ones finish.
+    pub draining: AtomicBool,
 }
 
 /// A bound, ready-to-run proxy.
 pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     shared: Arc<Shared>,
     limits: Limits,
-    shutdown_grace: Duration,
     reloader: Reloader,
 }
 
@@ -130,7 +143,7 @@ impl Server {
     /// Binds the listeners and builds the store (which starts even while Redis is down).
     pub async fn bind(config: Config, limits: Limits) -> Result<Server, StartError> {
         let tls = match &config.server.tls {
-            Some(files) => Some(tls::acceptor(files)?),
+            Some(files) => Some(Tls::load(files)?),
             None => None,
         };
         let listener = bind(config.server.listen).await?;
@@ -155,16 +168,11 @@ impl Server {
             store,
             metrics,
             https: tls.is_some(),
+            draining: AtomicBool::new(false),
         });
-        Ok(Server {
-            listener,
-            admin,
-            tls,
-            shutdown_grace: config.server.shutdown_grace,
-            reloader: Reloader { shared: shared.clone(), current: Arc::new(Mutex::new(config)) },
-            shared,
-            limits,
-        })
+        let reloader =
+            Reloader { shared: shared.clone(), tls: tls.clone(), current: Arc::new(Mutex::new(config)) };
+        Ok(Server { listener, admin, tls, shared, limits, reloader })
     }
 
     /// The address the proxy listens on (useful with port 0).
@@ -183,9 +191,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
-    /// within `shutdown_grace_ms`, and returns.
+    /// within `shutdown_grace_ms` (as last reloaded), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, admin, tls, shared, limits, shutdown_grace, reloader: _ } = self;
+        let Server { listener, admin, tls, shared, limits, reloader } = self;
+        let tls = tls.map(|t| t.acceptor());
         let builder = connection_builder(&limits);
         let graceful = GracefulShutdown::new();
         let (admin_stop, admin_stopped) = watch::channel(false);
@@ -217,6 +226,8 @@ impl Server {
             }
         }
         drop(listener);
+        shared.draining.store(true, Ordering::Relaxed);
+        let shutdown_grace = reloader.shutdown_grace();
         tracing::info!(
             connections = graceful.count(),
             grace_ms = shutdown_grace.as_millis() as u64,
@@ -259,7 +270,7 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 struct Connection {
     shared: Arc<Shared>,
     builder: auto::Builder<TokioExecutor>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     watcher: Watcher,
     peer: SocketAddr,
     tls_timeout: Duration,
@@ -302,40 +313,72 @@ impl Connection {
 #[derive(Clone)]
 pub struct Reloader {
     shared: Arc<Shared>,
+    /// The HTTPS acceptor's certificate handle, when the server terminates TLS.
+    tls: Option<Tls>,
+    /// The config in effect: what was applied, with the running values of the keys that only
+    /// a restart applies, so each reload compares against what really runs.
     current: Arc<Mutex<Config>>,
 }
 
 impl Reloader {
-    /// Reads and validates `path`; on success swaps routes, session settings, secrets and the
-    /// upstream timeout in at once. An invalid file leaves the running config in place.
-    pub fn reload_from(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Reads and validates `path`, then applies it (see [`Reloader::apply`]). An invalid file
+    /// leaves the running config in place, whole.
+    pub fn reload_from(&self, path: &Path) -> Result<(), ReloadError> {
         let config = crate::config::load(path)?;
-        self.apply(config);
-        Ok(())
+        self.apply(config)
     }
 
-    /// Swaps `config` in and logs every changed key that only a restart applies.
-    pub fn apply(&self, config: Config) {
+    /// Swaps in routes, session settings, secrets, the upstream timeout and the shutdown grace
+    /// at once for new requests (requests in flight finish on the config they started with),
+    /// and, on an HTTPS server, the certificate and key read again from their files. Logs every
+    /// changed key that only a restart applies and keeps its running value.
+    ///
+    /// All or nothing: when the certificate or key does not load, nothing changes.
+    pub fn apply(&self, config: Config) -> Result<(), ReloadError> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        for key in current.restart_required_changes(&config) {
+        // HTTPS stays HTTPS: the certificate files (renewed in place, or new paths) are read
+        // again. Turning TLS on or off needs a new listener, so a restart.
+        let reload_tls = match (&self.tls, &current.server.tls, &config.server.tls) {
+            (Some(tls), Some(_), Some(files)) => {
+                tls.reload(files)?;
+                true
+            }
+            _ => false,
+        };
+
+        let mut compared = config.clone();
+        if reload_tls {
+            compared.server.tls = current.server.tls.clone();
+        }
+        for key in current.restart_required_changes(&compared) {
             tracing::warn!(
                 key,
                 "changed in the config file but needs a restart to take effect; keeping the running value"
             );
         }
         self.shared.app.store(Arc::new(App::new(&config, &self.shared.metrics)));
+
         // Remember the running values of what was not applied, so the next reload compares
         // against what is really in effect.
         let mut config = config;
         config.server.listen = current.server.listen;
         config.server.admin_listen = current.server.admin_listen;
-        config.server.tls = current.server.tls.clone();
-        config.server.shutdown_grace = current.server.shutdown_grace;
+        if !reload_tls {
+            config.server.tls = current.server.tls.clone();
+        }
         config.store.url = current.store.url.clone();
         config.store.ca_file = current.store.ca_file.clone();
         config.store.timeout = current.store.timeout;
         config.store.pool_size = current.store.pool_size;
+        let routes = config.routes.len();
+        let secrets = config.session.secrets.len();
         *current = config;
-        tracing::info!("config reloaded");
+        tracing::info!(routes, secrets, tls_certificate_reloaded = reload_tls, "config reloaded");
+        Ok(())
+    }
+
+    /// `server.shutdown_grace_ms` as last loaded.
+    fn shutdown_grace(&self) -> Duration {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).server.shutdown_grace
     }
 }

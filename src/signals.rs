@@ -1,5 +1,9 @@
 //! Process signals for the binary: SIGTERM and SIGINT start a graceful drain, SIGHUP reloads
-//! the config file.
+//! the config file (and, on an HTTPS server, the certificate and key).
+//!
+//! The handlers are installed before [`Server::run`] logs `listening`, so a supervisor (or a
+//! test) that waits for that line can signal safely: an early SIGHUP would otherwise kill the
+//! process, as that is its default action.
 
 use std::path::PathBuf;
 
@@ -7,7 +11,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::server::{Reloader, Server};
 
-/// Runs `server` until SIGTERM or SIGINT, reloading from `config_path` on every SIGHUP.
+/// Runs `server` until SIGTERM or SIGINT, reloading from `config_path` on every SIGHUP. A
+/// reload that fails (invalid file, certificate that does not load) is logged with the reason
+/// and changes nothing.
 pub async fn run_with_signals(server: Server, config_path: PathBuf) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
