@@ -112,7 +112,8 @@ pub(crate) struct Loaded {
 #[derive(Debug)]
 struct Live {
     id: String,
-    /// The stored JSON text, kept so `x-session-regenerate` can move it to a new id.
+    /// The stored JSON text, kept so `x-session-regenerate` can move it to a new id; `{}` when
+    /// the stored value is not a JSON object (the session is treated as empty).
     value: Bytes,
 }
 
@@ -190,10 +191,15 @@ impl SessionLayer {
             headers.insert(&self.cfg.header, protocol::empty_session());
             return Ok(Loaded::default());
         };
-        let header = protocol::to_request_header(&value).unwrap_or_else(|_| {
-            tracing::warn!("stored session is not a JSON object; treating it as empty");
-            protocol::empty_session()
-        });
+        let (header, value) = match protocol::to_request_header(&value) {
+            Ok(header) => (header, value),
+            Err(_) => {
+                tracing::warn!("stored session is not a JSON object; treating it as empty");
+                // Treated as empty throughout: a regenerate moves `{}`, what the upstream saw,
+                // not the unreadable value.
+                (protocol::empty_session(), Bytes::from_static(protocol::EMPTY_SESSION.as_bytes()))
+            }
+        };
         headers.insert(&self.cfg.header, header);
         Ok(Loaded {
             live: Some(Live { id: verified.id, value }),
@@ -246,7 +252,7 @@ impl SessionLayer {
             (None, _) => match live {
                 Some(live) if regenerate => {
                     let new = id::new_id();
-                    // A stored value that is not UTF-8 was served as `{}`; move it as such.
+                    // `load` keeps only values it served (valid JSON objects, so UTF-8) or `{}`.
                     let text = std::str::from_utf8(&live.value).unwrap_or(protocol::EMPTY_SESSION);
                     store.rename_with(&self.key(&live.id), &self.key(&new), text, max_age).await?;
                     self.set_cookie(resp, &new);

@@ -222,17 +222,19 @@ impl RedisStore {
         }
     }
 
-    /// `SET key value EX ttl_secs`.
+    /// `SET key value EX ttl_secs`; `Ok` only when Redis answered `OK`.
     pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
         let (index, client) = self.pick();
-        self.call(index, client.set::<(), _, _>(key, value, expire, None, false)).await
+        let reply = self.call(index, client.set::<Value, _, _>(key, value, expire, None, false)).await?;
+        expect_reply("SET", &reply, Value::is_ok)
     }
 
-    /// `DEL key`.
+    /// `DEL key`; `Ok` only when Redis answered with a count.
     pub async fn del(&self, key: &str) -> Result<(), StoreError> {
         let (index, client) = self.pick();
-        self.call(index, client.del::<(), _>(key)).await
+        let reply = self.call(index, client.del::<Value, _>(key)).await?;
+        expect_reply("DEL", &reply, is_integer)
     }
 
     /// `SET new_key value EX ttl_secs` and `DEL old_key` in one pipeline (one round trip); `Ok`
@@ -261,12 +263,15 @@ impl RedisStore {
             .map_err(|err| self.fred_error(index, &err))?;
         pipeline.del::<(), _>(old_key).await.map_err(|err| self.fred_error(index, &err))?;
         let sent = async {
-            for result in pipeline.try_all::<Value>().await {
-                result?;
-            }
-            Ok(())
+            pipeline.try_all::<Value>().await.into_iter().collect::<Result<Vec<Value>, FredError>>()
         };
-        self.call(index, sent).await
+        match self.call(index, sent).await?.as_slice() {
+            [set, del] => {
+                expect_reply("SET", set, Value::is_ok)?;
+                expect_reply("DEL", del, is_integer)
+            }
+            _ => Err(StoreError::Command("unexpected number of replies to SET and DEL".to_owned())),
+        }
     }
 
     /// `PING`.
@@ -441,6 +446,27 @@ fn classify(kind: &ErrorKind, connected: bool) -> Failure {
         // Unknown is also what fred uses for most server error replies (OOM, ERR ...).
         _ => Failure::Command,
     }
+}
+
+/// Checks the reply to a write. Any reply converts to `()`, so without this a peer that is not
+/// Redis (a TCP connection to itself after Redis went away, which happens on a local port in
+/// the ephemeral range; an echo or other service behind a wrong URL) would make every write
+/// look saved while reads fail: the proxy would then answer 2xx for sessions it never stored.
+fn expect_reply(
+    command: &'static str,
+    reply: &Value,
+    expected: fn(&Value) -> bool,
+) -> Result<(), StoreError> {
+    if expected(reply) {
+        Ok(())
+    } else {
+        // The reply itself is not included: it could echo a session value.
+        Err(StoreError::Command(format!("unexpected reply to {command}: not a Redis answer")))
+    }
+}
+
+fn is_integer(reply: &Value) -> bool {
+    matches!(reply, Value::Integer(_))
 }
 
 /// A TTL as Redis's signed integer argument. Redis itself rejects 0 and values it cannot add to
@@ -712,6 +738,43 @@ mod tests {
             cfg.ca_file = Some(path);
             assert!(matches!(RedisStore::connect("rediss://127.0.0.1:1", &cfg), Err(StoreError::Config(_))));
         }
+    }
+
+    /// A peer that echoes what it gets (as a TCP connection to itself does, once a local Redis
+    /// on an ephemeral port is gone) passes fred's connection checks; reads fail on the reply
+    /// type, and writes must fail too instead of looking saved.
+    #[tokio::test]
+    async fn writes_to_a_peer_that_is_not_redis_fail() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let echo = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        if stream.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let store = RedisStore::connect(&url, &config(&url)).unwrap();
+        let guard = Duration::from_secs(10);
+        let get = tokio::time::timeout(guard, store.get("k", None)).await.expect("the call must end");
+        assert!(get.is_err(), "{get:?}");
+        let set = tokio::time::timeout(guard, store.set("k", "{}", 60)).await.expect("the call must end");
+        assert_eq!(set.unwrap_err().kind(), "command");
+        let del = tokio::time::timeout(guard, store.del("k")).await.expect("the call must end");
+        assert_eq!(del.unwrap_err().kind(), "command");
+        let moved = tokio::time::timeout(guard, store.rename_with("a", "b", "{}", 60))
+            .await
+            .expect("the call must end");
+        assert_eq!(moved.unwrap_err().kind(), "command");
+        tokio::time::timeout(guard, store.shutdown()).await.expect("shutdown must end");
+        echo.abort();
     }
 
     /// Nothing listens on the port: building succeeds at once and calls fail within the

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,14 @@ const READY_POLL: Duration = Duration::from_millis(20);
 const START_ATTEMPTS: usize = 5;
 /// The port a developer's own Redis uses; tests never touch it.
 const DEFAULT_REDIS_PORT: u16 = 6379;
+/// Lowest port picked below the ephemeral range: above the well-known and most registered
+/// service ports.
+const FIXED_PORT_FLOOR: u16 = 20_000;
+/// Below-range ports are only used when there are at least this many, so random picks by
+/// concurrent tests rarely meet.
+const FIXED_PORT_MIN_SPAN: u16 = 2_000;
+/// Random below-range ports tried before falling back to one the OS picks.
+const FIXED_PORT_PROBES: u32 = 50;
 
 const MISSING_REDIS: &str = "redis-server not found: install it (apt-get install -y redis-server)";
 
@@ -253,8 +263,25 @@ impl Drop for RedisServer {
     }
 }
 
-/// A port nothing listens on right now (the OS picks it); never Redis's default port.
+/// A port nothing listens on right now, never Redis's default port, and below the kernel's
+/// ephemeral range when there is room: tests stop a server and restart it on the same port,
+/// and a port in the ephemeral range can be handed out meanwhile to any `bind(0)` or
+/// outgoing connection on the machine. Worse, the proxy's own reconnect attempts can then
+/// connect to themselves (a TCP self-connect), which looks like a server that echoes every
+/// command. Outside the range neither can happen.
 fn free_port() -> u16 {
+    let (ephemeral_low, _) = ephemeral_port_range();
+    if ephemeral_low > FIXED_PORT_FLOOR + FIXED_PORT_MIN_SPAN {
+        let seed = RandomState::new();
+        for attempt in 0u32..FIXED_PORT_PROBES {
+            let span = u64::from(ephemeral_low - FIXED_PORT_FLOOR);
+            let offset = u16::try_from(seed.hash_one(attempt) % span).expect("span fits in u16");
+            let port = FIXED_PORT_FLOOR + offset;
+            if port != DEFAULT_REDIS_PORT && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local address of a bound listener").port();
@@ -262,6 +289,17 @@ fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The kernel's ephemeral port range (Linux); the IANA range where it cannot be read.
+fn ephemeral_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|part| part.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((49152, 65535))
 }
 
 /// Writes a test CA and a server certificate it signed (for 127.0.0.1 and localhost) into
