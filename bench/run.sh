@@ -46,6 +46,11 @@
 # thread per core). WRK_CPUS / PROXY_CPUS (taskset CPU lists, e.g. 0 and 1) pin wrk and all
 # proxies if you want to try a split; the results file records what was used.
 #
+# Background load (other users' builds and tests on the same 2 cores) skews everything: the
+# script waits for a quiet machine before starting (up to QUIET_WAIT=120 s) and before each run
+# (up to QUIET_BUDGET=90 s in all), and the report flags every run in which more than 10% of
+# the machine went to processes other than wrk, the upstream, Redis and the proxy under test.
+#
 # Environment (defaults): DURATION=10 (s per measured run), WARMUP=2 (s), ROUNDS=3,
 # CONNECTIONS=64, THREADS=2, IDLE_CONNECTIONS=10000, WRK_CPUS= PROXY_CPUS= (no pinning),
 # SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
@@ -147,14 +152,17 @@ build() {
 # ---------------------------------------------------------------- processes
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        # Children first (nginx workers, node cluster workers), then the process itself.
+    local i pid
+    # Newest first: the proxies stop before the upstream and Redis they use, so they log no
+    # connection errors; children first (nginx workers, node cluster workers).
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${PIDS[$i]}
         for child in $(pgrep -P "$pid" 2>/dev/null || true); do kill "$child" 2>/dev/null || true; done
         kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     done
-    sleep 0.5
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
     if [[ "${KEEP_TMP:-}" == 1 ]]; then
         log "kept $TMP"
     else
@@ -415,6 +423,25 @@ print(f"{r.ru_utime + r.ru_stime:.3f}")' "$out" "${PIN_WRK[@]}" wrk "${args[@]}"
 }
 
 
+# Before each run: while other processes keep the machine busy (our own servers are idle
+# between runs), wait for them, within a budget of QUIET_BUDGET seconds for the whole run.
+QUIET_BUDGET="${QUIET_BUDGET:-90}"
+quiet_waited=0
+wait_quiet() {
+    local busy
+    while :; do
+        busy=$(machine_busy_pct 1)
+        [[ $busy -le 10 ]] && return 0
+        if [[ $quiet_waited -ge $QUIET_BUDGET ]]; then
+            log "$1: the machine is ${busy}% busy with other work; measuring anyway (wait budget spent)"
+            return 0
+        fi
+        log "$1: the machine is ${busy}% busy with other work; waiting"
+        sleep 2
+        quiet_waited=$((quiet_waited + 3))
+    done
+}
+
 RAW="$TMP/runs.tsv"
 printf 'scenario\tround\twrk_file\tproxy_ticks\tupstream_ticks\tredis_ticks\tbusy_ticks\ttotal_ticks\tredis_stats\talive\twrk_cpu_s\n' >"$RAW"
 
@@ -425,6 +452,7 @@ for round in $(seq 1 "$ROUNDS"); do
         n=$(( (k + round - 1) % 6 + 1 ))
         [[ -n "${SKIP[$n]:-}" || -n "${DEAD[$n]:-}" ]] && continue
         root="${ROOTPIDS[$n]}"
+        wait_quiet "round $round ($n)"
         wrk_run "$n" "$WARMUP" "$TMP/warmup-$n-$round.txt" >/dev/null
         pids=()
         [[ -n "$root" ]] && read -r -a pids <<<"$(proc_tree "$root")"

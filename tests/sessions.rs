@@ -208,7 +208,10 @@ session = false
 
     /// Applies new session settings to the running proxy (a config reload: same store).
     fn reconfigure(&mut self, opts: Opts) {
-        self.proxy.reloader.apply(config(&Env::toml(&self.backend, &opts, &self.upstream)));
+        self.proxy
+            .reloader
+            .apply(config(&Env::toml(&self.backend, &opts, &self.upstream)))
+            .expect("reload applies");
         self.opts = opts;
     }
 
