@@ -300,7 +300,10 @@ impl Connection {
         let Connection { shared, builder, watcher, peer, .. } = self;
         let service = service_fn(move |req| {
             let shared = shared.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, peer).await) }
+            // Boxed: hyper keeps the slot for a connection's request future allocated for the
+            // connection's whole life, and `handle`'s future is tens of KiB. Boxed, an idle
+            // keep-alive connection holds a pointer instead.
+            Box::pin(async move { Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, peer).await) })
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         if let Err(e) = watcher.watch(conn).await {
