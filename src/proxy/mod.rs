@@ -115,6 +115,11 @@ async fn forward(
     };
     out.route = Some(route.clone());
 
+    // Hop-by-hop headers go before the session header is added: a client listing
+    // `x-session` in `Connection` must not make the proxy drop the session it sets.
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    headers::remove_hop_by_hop(req.headers_mut(), upgrade);
+
     // Request side of the session seam.
     let mut store = StoreCalls::new(&shared.store, &shared.metrics);
     let loaded = if route.session {
@@ -148,10 +153,9 @@ async fn forward(
         None
     };
 
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let Ok((upstream_req, body_sent)) =
-        build_upstream_request(shared, req, route, peer, host.as_ref(), request_id, upgrade)
+        build_upstream_request(shared, req, route, peer, host.as_ref(), request_id)
     else {
         return status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n");
     };
@@ -215,7 +219,8 @@ async fn forward(
 type UpstreamRequest = (Request<UpstreamBody>, oneshot::Receiver<()>);
 
 /// The request as the upstream gets it: absolute URI on the route's upstream, HTTP/1.1,
-/// hop-by-hop headers removed, forwarding headers and request id set, `Host` kept.
+/// forwarding headers and request id set, `Host` kept. The caller has already removed the
+/// hop-by-hop headers.
 fn build_upstream_request(
     shared: &Shared,
     req: Request<Incoming>,
@@ -223,7 +228,6 @@ fn build_upstream_request(
     peer: SocketAddr,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
-    upgrade: bool,
 ) -> Result<UpstreamRequest, http::Error> {
     let path = route::upstream_path(route, req.uri().path_and_query());
     let uri = Uri::builder()
@@ -238,7 +242,6 @@ fn build_upstream_request(
     // The server's extensions (connection info, upgrade handles) mean nothing upstream.
     parts.extensions = http::Extensions::new();
     let h = &mut parts.headers;
-    headers::remove_hop_by_hop(h, upgrade);
     headers::set_forwarded(h, peer.ip(), shared.https, host);
     if let Some(host) = host {
         // HTTP/2 requests have no `Host` header; the upstream speaks HTTP/1.1 and needs one.
