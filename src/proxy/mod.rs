@@ -19,7 +19,7 @@ use crate::config::OnStoreError;
 use crate::route::{self, Route};
 use crate::server::{App, Shared};
 use crate::session::{protocol, Loaded, SaveError, SessionEvent, StoreCalls};
-use body::{ProxyBody, UpstreamBody};
+use body::{ProxyBody, RequestBodyError, UpstreamBody};
 use headers::X_REQUEST_ID;
 
 /// What one request did, for its access-log line.
@@ -249,11 +249,12 @@ fn build_upstream_request(
     }
     h.insert(&X_REQUEST_ID, request_id.clone());
     let (tx, rx) = oneshot::channel();
-    Ok((Request::from_parts(parts, UpstreamBody::new(body, tx)), rx))
+    Ok((Request::from_parts(parts, UpstreamBody::new(body, tx, shared.body_idle_timeout)), rx))
 }
 
 /// Sends to the upstream; `upstream_timeout` counts from the end of the request body to the
-/// response headers. Errors are the status to answer: 502 refused or reset, 504 timed out.
+/// response headers. Errors are the status to answer: 502 refused or reset, 504 timed out,
+/// 408 when the client stopped sending its body.
 async fn send_with_timeout(
     shared: &Shared,
     req: Request<UpstreamBody>,
@@ -271,10 +272,28 @@ async fn send_with_timeout(
     tokio::select! {
         res = response => res.map_err(|e| {
             tracing::debug!(error = %e, source = ?e.source(), "upstream request error");
-            if is_timeout(&e) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY }
+            if client_body_idle(&e) {
+                StatusCode::REQUEST_TIMEOUT
+            } else if is_timeout(&e) {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            }
         }),
         () = deadline => Err(StatusCode::GATEWAY_TIMEOUT),
     }
+}
+
+/// The request failed because the client stopped sending its body (not the upstream's fault).
+fn client_body_idle(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if matches!(s.downcast_ref::<RequestBodyError>(), Some(RequestBodyError::Idle(_))) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A connect that timed out is a 504 like a slow response; anything else is a 502.
@@ -295,6 +314,7 @@ fn status_text(status: StatusCode) -> &'static str {
     match status {
         StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
         StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
+        StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         _ => "502 Bad Gateway\n",
     }
 }
