@@ -1683,3 +1683,266 @@ upstream = "http://h:2"
         );
     }
 }
+
+/// Property tests: whatever the text and whatever the values of the known keys, loading never
+/// panics; what it accepts satisfies every documented limit; what it rejects is named by key
+/// and never quotes a secret.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every key `proxy.toml` knows, with its table.
+    const KEYS: &[(&str, &str)] = &[
+        ("server", "listen"),
+        ("server", "tls_cert"),
+        ("server", "tls_key"),
+        ("server", "admin_listen"),
+        ("server", "upstream_timeout_ms"),
+        ("server", "shutdown_grace_ms"),
+        ("store", "url"),
+        ("store", "key_prefix"),
+        ("store", "ca_file"),
+        ("store", "timeout_ms"),
+        ("store", "pool_size"),
+        ("session", "cookie_name"),
+        ("session", "secrets"),
+        ("session", "max_age"),
+        ("session", "path"),
+        ("session", "domain"),
+        ("session", "secure"),
+        ("session", "http_only"),
+        ("session", "same_site"),
+        ("session", "save_uninitialized"),
+        ("session", "rolling"),
+        ("session", "header"),
+        ("session", "update_header"),
+        ("session", "regenerate_header"),
+        ("session", "max_bytes"),
+        ("session", "on_store_error"),
+        ("route", "prefix"),
+        ("route", "upstream"),
+        ("route", "session"),
+        ("route", "strip_prefix"),
+        ("route", "host"),
+    ];
+
+    /// Values of the required keys when a case does not set them.
+    fn required_default(table: &str, key: &str) -> Option<&'static str> {
+        match (table, key) {
+            ("server", "listen") => Some("\"127.0.0.1:8080\""),
+            ("session", "secrets") => Some("[\"s3cr3t\"]"),
+            ("route", "prefix") => Some("\"/\""),
+            ("route", "upstream") => Some("\"http://127.0.0.1:3000\""),
+            _ => None,
+        }
+    }
+
+    fn toml_string(s: &str) -> String {
+        toml::Value::String(s.to_owned()).to_string()
+    }
+
+    /// Secrets come from their own alphabet, so a test can tell whether an error quotes one.
+    fn secret() -> impl Strategy<Value = String> {
+        "S3CRET[A-Z]{6}"
+    }
+
+    /// A TOML value, as text: anything from plausible to absurd for any key.
+    fn value() -> impl Strategy<Value = String> {
+        let text = prop_oneof![
+            any::<String>(),
+            "[ -~]{0,24}",
+            "127\\.0\\.0\\.1:[0-9]{1,6}",
+            "\\[::1\\]:[0-9]{1,5}",
+            "(http|https|redis|rediss|memory|ftp)://[a-z0-9.:@/?#%\\[\\]]{0,20}",
+            "/[a-zA-Z0-9/?#% ._-]{0,10}",
+            "[xX][-_][a-zA-Z_-]{0,12}",
+            "(none|lax|strict|None|LAX|pass|fail|Fail| lax)",
+            "\\$\\{(SET|UNSET|EMPTY|1X|)(:-[a-z${}]{0,4})?\\}?",
+            "[a-z]{0,4}\\$\\{SET\\}[a-z]{0,4}",
+        ]
+        .prop_map(|s| toml_string(&s));
+        let integer = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            prop::sample::select(vec![
+                0i64,
+                1,
+                2,
+                63,
+                64,
+                65,
+                1_048_576,
+                1_048_577,
+                86_400_000,
+                86_400_001,
+                4_294_967_296
+            ])
+            .prop_map(|n| n.to_string()),
+        ];
+        prop_oneof![
+            4 => text,
+            2 => integer,
+            1 => any::<f64>().prop_map(|f| toml::Value::Float(f).to_string()),
+            1 => any::<bool>().prop_map(|b| b.to_string()),
+            1 => prop::collection::vec(any::<String>(), 0..3).prop_map(|v| toml::Value::from(v).to_string()),
+            1 => prop::collection::vec(secret(), 0..3).prop_map(|v| toml::Value::from(v).to_string()),
+            1 => prop::collection::vec(any::<i64>(), 0..3).prop_map(|v| toml::Value::from(v).to_string()),
+            1 => Just("{ a = 1 }".to_owned()),
+            1 => Just("1979-05-27T07:32:00Z".to_owned()),
+        ]
+    }
+
+    /// What one case sets: for some keys a value, for some required keys nothing at all.
+    #[derive(Debug, Clone)]
+    enum Setting {
+        Value(String),
+        Omitted,
+    }
+
+    fn settings() -> impl Strategy<Value = Vec<(usize, Setting)>> {
+        let setting = prop_oneof![8 => value().prop_map(Setting::Value), 1 => Just(Setting::Omitted)];
+        prop::collection::vec((0..KEYS.len(), setting), 1..5)
+    }
+
+    /// The file for `settings`: every table, the required keys at their defaults unless set or
+    /// omitted, and the set keys (the last setting of a key wins).
+    fn document(settings: &[(usize, Setting)]) -> String {
+        let mut out = String::new();
+        for table in ["server", "store", "session", "route"] {
+            out.push_str(if table == "route" { "[[route]]\n" } else { "" });
+            if table != "route" {
+                out.push_str(&format!("[{table}]\n"));
+            }
+            for (index, (t, key)) in KEYS.iter().enumerate() {
+                if *t != table {
+                    continue;
+                }
+                let chosen = settings.iter().rev().find(|(i, _)| *i == index).map(|(_, s)| s.clone());
+                let text = match chosen {
+                    Some(Setting::Value(text)) => Some(text),
+                    Some(Setting::Omitted) => None,
+                    None => required_default(table, key).map(str::to_owned),
+                };
+                if let Some(text) = text {
+                    out.push_str(&format!("{key} = {text}\n"));
+                }
+            }
+        }
+        out
+    }
+
+    const VAR_START: &str = "${";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SET" => Some("from-env".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    /// Every documented limit of an accepted config.
+    fn check_invariants(c: &Config) -> Result<(), TestCaseError> {
+        let s = &c.session;
+        prop_assert!(!s.secrets.is_empty() && s.secrets.iter().all(|x| !x.is_empty()));
+        prop_assert!(s.max_age > 0);
+        prop_assert!(s.max_bytes <= MAX_SESSION_BYTES);
+        prop_assert!(s.path.starts_with('/'));
+        prop_assert!(s.same_site != SameSite::None || s.secure, "same_site none without secure");
+        let headers = [&s.header, &s.update_header, &s.regenerate_header];
+        for (i, a) in headers.iter().enumerate() {
+            prop_assert!(!RESERVED_HEADER_NAMES.contains(&normalise_header_name(a.as_str()).as_str()));
+            for b in &headers[i + 1..] {
+                prop_assert_ne!(normalise_header_name(a.as_str()), normalise_header_name(b.as_str()));
+            }
+        }
+        for d in [c.server.upstream_timeout, c.server.shutdown_grace, c.store.timeout] {
+            prop_assert!(d > Duration::ZERO && d <= Duration::from_millis(MAX_TIMEOUT_MS));
+        }
+        prop_assert!((1..=MAX_POOL_SIZE).contains(&c.store.pool_size));
+        prop_assert!(c.server.admin_listen != Some(c.server.listen) || c.server.listen.port() == 0);
+        prop_assert!(!c.routes.is_empty());
+        for r in &c.routes {
+            prop_assert!(r.prefix.starts_with('/'));
+            prop_assert_eq!(r.upstream.scheme_str(), Some("http"));
+            prop_assert!(r.upstream.authority().is_some());
+            if let Some(host) = &r.host {
+                prop_assert_eq!(host, &host.to_ascii_lowercase());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            let _ = from_toml_str_with_env(&text, env);
+        }
+
+        #[test]
+        fn toml_like_text_never_panics(
+            text in "(\\[\\[?(server|store|session|route)\\]\\]?\n|[a-z_]{1,12} ?= ?(\"[^\"\n]{0,12}\"|[0-9-]{1,6}|true|\\[[^\n]{0,12}\\]|\\{[^\n]{0,8}\\})\n|#[^\n]{0,8}\n){0,10}",
+        ) {
+            let _ = from_toml_str_with_env(&text, env);
+        }
+
+        #[test]
+        fn known_keys_with_arbitrary_values(settings in settings()) {
+            let text = document(&settings);
+            match from_toml_str_with_env(&text, env) {
+                Ok(config) => check_invariants(&config)?,
+                Err(e) => {
+                    let message = e.to_string();
+                    // One line that names a key this case set or left out.
+                    prop_assert!(!message.contains('\n'), "{}", message);
+                    let named = settings.iter().any(|(i, _)| message.contains(KEYS[*i].1));
+                    prop_assert!(named, "error names none of the keys set: {}\n{}", message, text);
+                    // Secrets are never quoted.
+                    for (i, setting) in &settings {
+                        if let (("session", "secrets"), Setting::Value(v)) = (KEYS[*i], setting) {
+                            for word in v.split('"').filter(|w| w.starts_with("S3CRET")) {
+                                prop_assert!(!message.contains(word), "secret in: {}", message);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn store_passwords_are_never_in_errors_or_debug(
+            password in "[A-Za-z0-9]{12}",
+            rest in "[a-z0-9.:/@?#]{0,12}",
+            scheme in "(redis|rediss|redis-cluster|http|)",
+        ) {
+            let url = format!("{scheme}://user:{password}@{rest}");
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:8080\"\n[store]\nurl = {}\n[session]\nsecrets = [\"s\"]\n[[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:1\"\n",
+                toml_string(&url)
+            );
+            match from_toml_str_with_env(&text, env) {
+                Ok(config) => {
+                    let debug = format!("{:?}", config);
+                    prop_assert!(!debug.contains(&password), "{}", debug);
+                    let redacted = config.store.url.redacted();
+                    prop_assert!(!redacted.contains(&password), "{}", redacted);
+                }
+                Err(e) => prop_assert!(!e.to_string().contains(&password), "{}", e),
+            }
+        }
+
+        #[test]
+        fn expansion_never_panics(input in any::<String>(), braces in "[${}:-A-Z_]{0,16}") {
+            let env: Env<'_> = &env;
+            for text in [input.as_str(), braces.as_str()] {
+                // Only `${` starts a reference: without one there is nothing to expand or fail,
+                // with one the text is expanded or rejected.
+                let has_reference = text.contains(VAR_START);
+                let untouched = matches!(expand_str(text, env), Ok(None));
+                prop_assert_eq!(untouched, !has_reference, "{:?}", text);
+            }
+        }
+    }
+}

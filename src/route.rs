@@ -197,4 +197,116 @@ mod tests {
         assert_eq!(path("/s/a.css"), "/a.css");
         assert_eq!(path("/k/x?z"), "/k/x?z");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The matching rules of DESIGN.md, written out plainly: a route with `host` beats one
+        /// without, then the longer prefix, then the earlier one in the file.
+        fn reference(routes: &[RouteConfig], host: Option<&str>, path: &str) -> Option<usize> {
+            let host = host.map(|h| {
+                let h = h.to_ascii_lowercase();
+                match h.rsplit_once(':') {
+                    // RFC 3986: `port = *DIGIT`, so `a.com:` has an (empty) port too.
+                    Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_owned(),
+                    _ => h,
+                }
+            });
+            let matches = |r: &RouteConfig| {
+                let host_ok = match (&r.host, &host) {
+                    (None, _) => true,
+                    (Some(want), Some(got)) => want == got,
+                    (Some(_), None) => false,
+                };
+                let p = r.prefix.as_bytes();
+                let prefix_ok = path.as_bytes().starts_with(p)
+                    && (p.last() == Some(&b'/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/');
+                host_ok && prefix_ok
+            };
+            let mut best: Option<usize> = None;
+            for (i, r) in routes.iter().enumerate() {
+                if !matches(r) {
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some(b) => {
+                        let b = &routes[b];
+                        (r.host.is_some(), r.prefix.len()) > (b.host.is_some(), b.prefix.len())
+                    }
+                };
+                if better {
+                    best = Some(i);
+                }
+            }
+            best
+        }
+
+        fn route_strategy() -> impl Strategy<Value = RouteConfig> {
+            // A tiny alphabet, so prefixes, paths and hosts collide often.
+            ("/[ab/]{0,4}", prop::option::of(prop::sample::select(vec!["a.com", "b.com"])), any::<bool>())
+                .prop_map(|(prefix, host, strip)| route(&prefix, host, strip))
+        }
+
+        proptest! {
+            #[test]
+            fn find_agrees_with_the_reference_model(
+                routes in prop::collection::vec(route_strategy(), 1..8),
+                host in prop::option::of(prop::sample::select(
+                    vec!["a.com", "A.COM", "a.com:8080", "B.com:1", "c.com", "a.com:", "[::1]:80", ""],
+                )),
+                path in "/[ab/]{0,6}",
+            ) {
+                let t = table(&routes);
+                let found = t.find(host, &path).map(|r| (&r.prefix, &r.host, r.strip_prefix));
+                // The first of equal routes wins, as in the file: compare all their fields.
+                let expected = reference(&routes, host, &path).map(|i| (&routes[i].prefix, &routes[i].host, routes[i].strip_prefix));
+                prop_assert_eq!(found, expected);
+            }
+
+            #[test]
+            fn arbitrary_prefixes_hosts_and_paths_never_panic(
+                prefixes in prop::collection::vec(any::<String>(), 0..4),
+                host in prop::option::of(any::<String>()),
+                path in any::<String>(),
+            ) {
+                for prefix in &prefixes {
+                    let _ = prefix_matches(prefix, &path);
+                }
+                let routes: Vec<RouteConfig> = prefixes.iter().map(|p| route(p, host.as_deref(), true)).collect();
+                let t = table(&routes);
+                let _ = t.find(host.as_deref(), &path);
+                let _ = host_without_port(host.as_deref().unwrap_or_default());
+            }
+
+            #[test]
+            fn upstream_path_keeps_the_rest_and_the_query(
+                prefix in "/[ab/]{0,4}",
+                rest in "[ab/]{0,6}",
+                query in prop::option::of("[a-z=&]{0,6}"),
+                strip in any::<bool>(),
+            ) {
+                let path = format!("{prefix}{rest}");
+                let pq_text = match &query {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.clone(),
+                };
+                let pq: PathAndQuery = pq_text.parse().unwrap();
+                let t = table(&[route(&prefix, None, strip)]);
+                let Some(r) = t.find(None, &path) else {
+                    return Ok(());
+                };
+                let out = upstream_path(r, Some(&pq));
+                prop_assert_eq!(out.query(), pq.query());
+                if strip {
+                    prop_assert!(out.path().starts_with('/'));
+                    prop_assert!(!out.path().starts_with("//"), "{}", out);
+                    prop_assert!(path.ends_with(out.path().trim_start_matches('/')), "{} -> {}", path, out);
+                } else {
+                    prop_assert_eq!(out, pq);
+                }
+            }
+        }
+    }
 }

@@ -50,6 +50,10 @@ pub struct Limits {
     pub http2_keep_alive: Duration,
     /// Largest request head (HTTP/1 read buffer, HTTP/2 header list). Larger gets 431.
     pub max_header_bytes: usize,
+    /// A request body that sends nothing for this long is cut: the upstream request is
+    /// aborted and the client gets 408. Bounds clients that stop in the middle of a body
+    /// (hyper has no body timeout; `upstream_timeout_ms` starts only after the body).
+    pub body_idle_timeout: Duration,
 }
 
 /// 10 s is plenty for a real client to send its headers and short for a slowloris.
@@ -60,6 +64,8 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// 64 KiB of request head: far above real browsers, small enough to bound memory per client.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// As nginx's `client_body_timeout`: far longer than any pause of a real upload.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After a failed `accept` (usually out of file descriptors), wait before trying again.
 pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -72,6 +78,7 @@ impl Default for Limits {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             http2_keep_alive: DEFAULT_HTTP2_KEEP_ALIVE,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
         }
     }
 }
@@ -127,6 +134,8 @@ pub(crate) struct Shared {
     /// Set once shutdown begins: `/readyz` then answers 503 so a load balancer stops sending
     /// new requests while the in-flight ones finish.
     pub draining: AtomicBool,
+    /// [`Limits::body_idle_timeout`], for every request body sent upstream.
+    pub body_idle_timeout: Duration,
 }
 
 /// A bound, ready-to-run proxy.
@@ -169,6 +178,7 @@ impl Server {
             metrics,
             https: tls.is_some(),
             draining: AtomicBool::new(false),
+            body_idle_timeout: limits.body_idle_timeout,
         });
         let reloader =
             Reloader { shared: shared.clone(), tls: tls.clone(), current: Arc::new(Mutex::new(config)) };

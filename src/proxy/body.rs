@@ -1,14 +1,18 @@
 //! Body types: the client's request body on its way upstream, which says when it has been
-//! sent in full (the upstream timeout starts then), and the response body type.
+//! sent in full (the upstream timeout starts then) and is cut when the client stops sending,
+//! and the response body type.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 /// What the proxy sends to clients: the upstream's streamed body, or a small body of its own
 /// (errors, 404). `Either` avoids boxing on the hot path.
@@ -19,20 +23,41 @@ pub(crate) fn local(text: &'static str) -> ProxyBody {
     Either::Right(Full::new(Bytes::from_static(text.as_bytes())))
 }
 
+/// Why the request body stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RequestBodyError {
+    /// The client sent nothing for the body idle timeout: the request is answered 408.
+    #[error("the client sent no request body data for {0:?}")]
+    Idle(Duration),
+    /// The client's connection failed or sent a malformed body.
+    #[error("request body: {0}")]
+    Client(#[from] hyper::Error),
+}
+
 pin_project_lite::pin_project! {
     /// The client's request body, streamed to the upstream. When the last frame has been
     /// handed over, it fires `sent`: `upstream_timeout_ms` counts from that moment, so a slow
     /// upload is bounded by client-side timeouts rather than cut by the upstream timeout.
+    /// The client-side timeout is `idle_timeout`: a body that sends nothing for that long
+    /// fails, which aborts the upstream request (hyper has no body read timeout, so a client
+    /// that stops mid-body would otherwise hold a client and an upstream connection forever).
     pub(crate) struct UpstreamBody {
         #[pin]
         inner: Incoming,
         sent: Option<oneshot::Sender<()>>,
+        idle_timeout: Duration,
+        // Armed when the client has nothing to give (and only then: while the upstream is
+        // slow to take data, hyper does not poll this body and that time is not the client's),
+        // disarmed by the next frame. Boxed (`Sleep` is not `Unpin`) only for bodies that ever
+        // wait, so a GET costs nothing.
+        idle: Option<Pin<Box<Sleep>>>,
+        idle_armed: bool,
     }
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, sent: oneshot::Sender<()>) -> UpstreamBody {
-        let mut body = UpstreamBody { inner, sent: Some(sent) };
+    pub(crate) fn new(inner: Incoming, sent: oneshot::Sender<()>, idle_timeout: Duration) -> UpstreamBody {
+        let mut body = UpstreamBody { inner, sent: Some(sent), idle_timeout, idle: None, idle_armed: false };
         if body.inner.is_end_stream() {
             body.fire();
         }
@@ -48,14 +73,31 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
+        let polled = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Pending => {
+                let timeout = *this.idle_timeout;
+                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if !*this.idle_armed {
+                    idle.as_mut().reset(Instant::now() + timeout);
+                    *this.idle_armed = true;
+                }
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(RequestBodyError::Idle(timeout)))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(polled) => {
+                *this.idle_armed = false;
+                Poll::Ready(polled.map(|frame| frame.map_err(RequestBodyError::from)))
+            }
+        };
         let done = match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
             // With a known length, hyper stops polling after the last data frame.

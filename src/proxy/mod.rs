@@ -19,7 +19,7 @@ use crate::config::OnStoreError;
 use crate::route::{self, Route};
 use crate::server::{App, Shared};
 use crate::session::{protocol, Loaded, SaveError, SessionEvent, StoreCalls};
-use body::{ProxyBody, UpstreamBody};
+use body::{ProxyBody, RequestBodyError, UpstreamBody};
 use headers::X_REQUEST_ID;
 
 /// What one request did, for its access-log line.
@@ -115,6 +115,11 @@ async fn forward(
     };
     out.route = Some(route.clone());
 
+    // Hop-by-hop headers go before the session header is added: a client listing
+    // `x-session` in `Connection` must not make the proxy drop the session it sets.
+    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    headers::remove_hop_by_hop(req.headers_mut(), upgrade);
+
     // Request side of the session seam.
     let mut store = StoreCalls::new(&shared.store, &shared.metrics);
     let loaded = if route.session {
@@ -148,10 +153,9 @@ async fn forward(
         None
     };
 
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let Ok((upstream_req, body_sent)) =
-        build_upstream_request(shared, req, route, peer, host.as_ref(), request_id, upgrade)
+        build_upstream_request(shared, req, route, peer, host.as_ref(), request_id)
     else {
         return status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n");
     };
@@ -215,7 +219,8 @@ async fn forward(
 type UpstreamRequest = (Request<UpstreamBody>, oneshot::Receiver<()>);
 
 /// The request as the upstream gets it: absolute URI on the route's upstream, HTTP/1.1,
-/// hop-by-hop headers removed, forwarding headers and request id set, `Host` kept.
+/// forwarding headers and request id set, `Host` kept. The caller has already removed the
+/// hop-by-hop headers.
 fn build_upstream_request(
     shared: &Shared,
     req: Request<Incoming>,
@@ -223,7 +228,6 @@ fn build_upstream_request(
     peer: SocketAddr,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
-    upgrade: bool,
 ) -> Result<UpstreamRequest, http::Error> {
     let path = route::upstream_path(route, req.uri().path_and_query());
     let uri = Uri::builder()
@@ -238,7 +242,6 @@ fn build_upstream_request(
     // The server's extensions (connection info, upgrade handles) mean nothing upstream.
     parts.extensions = http::Extensions::new();
     let h = &mut parts.headers;
-    headers::remove_hop_by_hop(h, upgrade);
     headers::set_forwarded(h, peer.ip(), shared.https, host);
     if let Some(host) = host {
         // HTTP/2 requests have no `Host` header; the upstream speaks HTTP/1.1 and needs one.
@@ -246,11 +249,12 @@ fn build_upstream_request(
     }
     h.insert(&X_REQUEST_ID, request_id.clone());
     let (tx, rx) = oneshot::channel();
-    Ok((Request::from_parts(parts, UpstreamBody::new(body, tx)), rx))
+    Ok((Request::from_parts(parts, UpstreamBody::new(body, tx, shared.body_idle_timeout)), rx))
 }
 
 /// Sends to the upstream; `upstream_timeout` counts from the end of the request body to the
-/// response headers. Errors are the status to answer: 502 refused or reset, 504 timed out.
+/// response headers. Errors are the status to answer: 502 refused or reset, 504 timed out,
+/// 408 when the client stopped sending its body.
 async fn send_with_timeout(
     shared: &Shared,
     req: Request<UpstreamBody>,
@@ -268,10 +272,28 @@ async fn send_with_timeout(
     tokio::select! {
         res = response => res.map_err(|e| {
             tracing::debug!(error = %e, source = ?e.source(), "upstream request error");
-            if is_timeout(&e) { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY }
+            if client_body_idle(&e) {
+                StatusCode::REQUEST_TIMEOUT
+            } else if is_timeout(&e) {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            }
         }),
         () = deadline => Err(StatusCode::GATEWAY_TIMEOUT),
     }
+}
+
+/// The request failed because the client stopped sending its body (not the upstream's fault).
+fn client_body_idle(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if matches!(s.downcast_ref::<RequestBodyError>(), Some(RequestBodyError::Idle(_))) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A connect that timed out is a 504 like a slow response; anything else is a 502.
@@ -292,6 +314,7 @@ fn status_text(status: StatusCode) -> &'static str {
     match status {
         StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
         StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
+        StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         _ => "502 Bad Gateway\n",
     }
 }

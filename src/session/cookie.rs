@@ -822,4 +822,103 @@ mod tests {
             }
         }
     }
+
+    /// Properties added with the reliability tests: signing round-trips for every secret, not
+    /// just fixed ones; rotation; tampering; and cookie headers built around our cookie's name,
+    /// which random bytes almost never reach.
+    mod reliability_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn secrets() -> impl Strategy<Value = Vec<String>> {
+            prop::collection::vec(
+                any::<String>().prop_filter("secrets are not empty", |s| !s.is_empty()),
+                1..4,
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn sign_then_verify_round_trips_for_every_id_and_secret(id in any::<String>(), secrets in secrets()) {
+                let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+                let c = codec(&refs);
+                let expected = is_valid_id(&id).then(|| Verified { id: id.clone(), needs_resign: false });
+                prop_assert_eq!(c.verify(&c.sign(&id)), expected.clone());
+                // Through Set-Cookie and back, percent-encoding included.
+                let set = c.set_cookie(&id);
+                let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+                prop_assert_eq!(c.read(&cookie_headers(&[&pair])), expected);
+            }
+
+            #[test]
+            fn rotation_verifies_with_any_listed_secret(
+                id in "[0-9a-f]{32}",
+                old in "[ -~]{1,16}",
+                new in "[ -~]{1,16}",
+                other in "[ -~]{1,16}",
+            ) {
+                prop_assume!(old != new && old != other);
+                let signed = codec(&[&old]).sign(&id);
+                // Rotated: the new secret signs, the old one still verifies and asks for a re-sign.
+                prop_assert_eq!(codec(&[&new, &old]).verify(&signed), verified(&id, true));
+                prop_assert_eq!(codec(&[&old, &new]).verify(&signed), verified(&id, false));
+                // Dropped: the old cookie is a new visitor.
+                prop_assert_eq!(codec(&[&new, &other]).verify(&signed), None);
+            }
+
+            #[test]
+            fn any_change_to_a_signed_value_is_rejected(
+                id in "[0-9a-f]{16,32}",
+                index in any::<prop::sample::Index>(),
+                replacement in "[A-Za-z0-9+/=.]",
+            ) {
+                let c = codec(&["s3cr3t"]);
+                let signed = c.sign(&id);
+                let at = index.index(signed.len());
+                let mut tampered = signed.clone();
+                tampered.replace_range(at..at + 1, &replacement);
+                prop_assume!(tampered != signed);
+                prop_assert_eq!(c.verify(&tampered), None, "{} accepted", tampered);
+                // Truncated or extended, too.
+                prop_assert_eq!(c.verify(&signed[..at]), None);
+                prop_assert_eq!(c.verify(&format!("{signed}{replacement}")), None);
+            }
+
+            #[test]
+            fn cookie_headers_around_our_name_never_panic(
+                before in prop::collection::vec("[a-z_]{0,8}(=[^;]{0,8})?", 0..4),
+                value in "[A-Za-z0-9+/=%.\" \t\u{80}-\u{10FFFF}]{0,96}",
+                after in prop::collection::vec("[a-z_]{0,8}(=[^;]{0,8})?", 0..4),
+                separator in "(; |;|;;| ; )",
+            ) {
+                let c = codec(&["s3cr3t"]);
+                let mut pairs = before.clone();
+                pairs.push(format!("__session={value}"));
+                pairs.extend(after);
+                let header = pairs.join(&separator);
+                if let Ok(value) = HeaderValue::from_str(&header) {
+                    let mut headers = HeaderMap::new();
+                    headers.insert(COOKIE, value);
+                    // Unsigned input never verifies (the signature would have to be forged).
+                    prop_assert_eq!(c.read(&headers), None);
+                    prop_assert!(!matches!(c.read_cookie(&headers), CookieRead::Valid(_)));
+                }
+            }
+
+            #[test]
+            fn a_valid_cookie_is_found_among_arbitrary_others(
+                others in prop::collection::vec("[a-zA-Z0-9_-]{1,8}=[a-zA-Z0-9%._-]{0,12}", 0..50),
+                position in any::<prop::sample::Index>(),
+            ) {
+                let c = codec(&["s3cr3t"]);
+                let set = c.set_cookie("0123456789abcdef");
+                let ours = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+                let mut pairs: Vec<String> = others.into_iter().filter(|p| !p.starts_with("__session=")).collect();
+                let at = position.index(pairs.len() + 1);
+                pairs.insert(at, ours);
+                let headers = cookie_headers(&[&pairs.join("; ")]);
+                prop_assert_eq!(c.read(&headers), verified("0123456789abcdef", false));
+            }
+        }
+    }
 }

@@ -870,4 +870,91 @@ mod tests {
             }
         }
     }
+
+    /// Properties added with the reliability tests: JSON-shaped input of every kind, which
+    /// random bytes almost never are.
+    mod reliability_properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, nested a few levels.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                    .prop_map(Value::from),
+                any::<String>().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec((any::<String>(), inner), 0..6)
+                        .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn every_json_value_is_stored_destroyed_or_refused(value in json(), max_bytes in 0usize..4096) {
+                let text = value.to_string();
+                // Non-ASCII goes as raw UTF-8 bytes; DEL, which JSON leaves unescaped, cannot be
+                // in a header at all.
+                let header = HeaderValue::from_bytes(text.as_bytes());
+                prop_assume!(header.is_ok());
+                let header = header.unwrap();
+                let result = parse_update(&header, max_bytes);
+                if text.len() > max_bytes {
+                    prop_assert!(matches!(result, Err(UpdateError::TooLarge { .. })), "{:?}", result);
+                    return Ok(());
+                }
+                match (&value, result) {
+                    (Value::Null, Ok(Update::Destroy)) => {}
+                    (Value::Object(_), Ok(Update::Replace(stored))) => {
+                        // What is stored is JSON, an object, and stable: sending it back through
+                        // the request header and as an update again stores the same text.
+                        let back: Value = serde_json::from_str(&stored).unwrap();
+                        prop_assert!(back.is_object());
+                        let again = to_request_header(stored.as_bytes()).unwrap();
+                        prop_assert!(again.as_bytes().is_ascii());
+                        prop_assert_eq!(parse_update(&again, usize::MAX), Ok(Update::Replace(stored)));
+                    }
+                    (Value::Bool(_) | Value::Number(_) | Value::String(_) | Value::Array(_), Err(UpdateError::NotAnObject { .. })) => {}
+                    (value, result) => prop_assert!(false, "{} gave {:?}", value, result),
+                }
+            }
+
+            #[test]
+            fn json_shaped_text_never_panics(
+                text in "[\\{\\}\\[\\]\":,0-9a-z.eE+\\\\ -]{0,64}",
+            ) {
+                if let Ok(value) = HeaderValue::from_str(&text) {
+                    match parse_update(&value, usize::MAX) {
+                        Ok(Update::Replace(stored)) => {
+                            prop_assert!(serde_json::from_str::<Value>(&stored).is_ok_and(|v| v.is_object()));
+                        }
+                        Ok(Update::Destroy) | Err(_) => {}
+                    }
+                }
+                let _ = to_request_header(text.as_bytes());
+            }
+
+            #[test]
+            fn stored_values_of_any_shape_become_ascii_headers(value in json()) {
+                let text = value.to_string();
+                match to_request_header(text.as_bytes()) {
+                    Ok(header) => {
+                        prop_assert!(value.is_object());
+                        prop_assert!(header.as_bytes().is_ascii());
+                        let back: Value = serde_json::from_slice(header.as_bytes()).unwrap();
+                        prop_assert!(back.is_object());
+                    }
+                    Err(_) => prop_assert!(!value.is_object()),
+                }
+            }
+        }
+    }
 }
