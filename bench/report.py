@@ -212,6 +212,8 @@ def main():
         per = (idle["holding_rss_kib"] - idle["before_rss_kib"]) * 1024 / max(idle["held"], 1)
         p(f"- that is {per / 1024:.1f} KiB per idle connection; open fds before {idle['before_fds']}, "
           f"while holding (min) {idle['holding_fds_min']}")
+    elif "skipped" in idle:
+        p(f"- skipped ({idle['skipped']})")
     else:
         p(f"- failed: {idle or 'no output'}")
     p("")

@@ -43,8 +43,9 @@
 # By default nothing is pinned: every proxy meets the same scheduler and the same competitors
 # (wrk's 2 threads, the upstream's workers, Redis), and every proxy is configured to use every
 # core (nginx `worker_processes auto`, one Node worker per core, tokio's default one worker
-# thread per core). WRK_CPUS / PROXY_CPUS (taskset CPU lists, e.g. 0 and 1) pin wrk and all
-# proxies if you want to try a split; the results file records what was used.
+# thread per core). WRK_CPUS / PROXY_CPUS (taskset CPU lists, e.g. 0 and 1) pin wrk and the
+# proxies under test (2-6; the upstream nginx and Redis are never pinned) if you want to try a
+# split; the results file records what was used.
 #
 # Background load (other users' builds and tests on the same 2 cores) skews everything: the
 # script waits for a quiet machine before starting (up to QUIET_WAIT=120 s) and before each run
@@ -52,9 +53,10 @@
 # the machine went to processes other than wrk, the upstream, Redis and the proxy under test.
 #
 # Environment (defaults): DURATION=10 (s per measured run), WARMUP=2 (s), ROUNDS=3,
-# CONNECTIONS=64, THREADS=2, IDLE_CONNECTIONS=10000, WRK_CPUS= PROXY_CPUS= (no pinning),
+# CONNECTIONS=64, THREADS=2, IDLE_CONNECTIONS=10000 (0 skips that test), WRK_CPUS= PROXY_CPUS= (no pinning),
 # SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
-# `git archive` export instead of the work tree), KEEP_TMP=1 (keep the temp dir with every raw
+# `git archive` export instead of the work tree), RESULTS_FILE= (instead of
+# bench/results/<date>.md), KEEP_TMP=1 (keep the temp dir with every raw
 # wrk output and log), NO_INSTALL=1 (never call apt-get/npm install).
 #
 # A proxy that dies, or a run with non-2xx responses or socket errors, is reported in the
@@ -206,14 +208,16 @@ PIN_PROXY=()
 [[ -n "$WRK_CPUS" ]] && PIN_WRK=(taskset -c "$WRK_CPUS")
 [[ -n "$PROXY_CPUS" ]] && PIN_PROXY=(taskset -c "$PROXY_CPUS")
 
-start_nginx() { # start_nginx NAME TEMPLATE KEY=VALUE...; sets NGINX_PID
-    local name=$1 tpl=$2; shift 2
+start_nginx() { # start_nginx NAME PIN TEMPLATE KEY=VALUE...; sets NGINX_PID (PIN: yes = a proxy under test)
+    local name=$1 pin=$2 tpl=$3; shift 3
+    local pin_cmd=()
+    [[ $pin == yes ]] && pin_cmd=("${PIN_PROXY[@]}")
     local prefix="$TMP/$name"
     mkdir -p "$prefix"
     fill "$tpl" "$prefix/nginx.conf" "PREFIX=$prefix" "$@"
     nginx -t -q -p "$prefix" -e "$prefix/error.log" -c "$prefix/nginx.conf" \
         || die "nginx config for $name is invalid"
-    "${PIN_PROXY[@]}" nginx -p "$prefix" -e "$prefix/error.log" -c "$prefix/nginx.conf" \
+    "${pin_cmd[@]}" nginx -p "$prefix" -e "$prefix/error.log" -c "$prefix/nginx.conf" \
         -g 'daemon off; master_process on;' >"$TMP/$name.log" 2>&1 &
     NGINX_PID=$!
     PIDS+=("$NGINX_PID")
@@ -317,11 +321,11 @@ PIDS+=("$REDIS_PID")
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 
 log "upstream nginx on $UPSTREAM_PORT"
-start_nginx upstream "$BENCH_DIR/conf/nginx-upstream.conf" "UPSTREAM_PORT=$UPSTREAM_PORT"
+start_nginx upstream no "$BENCH_DIR/conf/nginx-upstream.conf" "UPSTREAM_PORT=$UPSTREAM_PORT"
 UPSTREAM_PID=$NGINX_PID
 
 log "nginx proxy on $NGINX_PORT"
-start_nginx nginx-proxy "$BENCH_DIR/conf/nginx-proxy.conf" \
+start_nginx nginx-proxy yes "$BENCH_DIR/conf/nginx-proxy.conf" \
     "UPSTREAM_PORT=$UPSTREAM_PORT" "LISTEN_PORT=$NGINX_PORT"
 NGINX_PROXY_PID=$NGINX_PID
 
@@ -491,16 +495,20 @@ for n in 2 3 4 5 6; do
 done
 
 # ------------------------------------------------ 10,000 idle keep-alive connections
-log "idle connections: a fresh session-proxy on $IDLE_PORT holding $IDLE_CONNECTIONS"
-start_session_proxy sp-idle "$IDLE_PORT"; IDLE_PID=$SP_PID
-wait_port "$IDLE_PORT" "session-proxy (idle)"
-# Warm it up first, so "before" includes the runtime, the upstream pool and the store pool.
-wrk -t 1 -c 8 -d 1s "http://127.0.0.1:$IDLE_PORT/" >/dev/null 2>&1 || true
-sleep 0.5
 IDLE_JSON="$TMP/idle.json"
-python3 "$BENCH_DIR/idle_conns.py" --port "$IDLE_PORT" --pid "$IDLE_PID" --path / \
-    --count "$IDLE_CONNECTIONS" >"$IDLE_JSON" 2>"$TMP/idle.err" || note "idle test failed: $(cat "$IDLE_JSON" "$TMP/idle.err")"
-kill -0 "$IDLE_PID" 2>/dev/null || note "the idle-connection session-proxy DIED (see its log)"
+if [[ "$IDLE_CONNECTIONS" -gt 0 ]]; then
+    log "idle connections: a fresh session-proxy on $IDLE_PORT holding $IDLE_CONNECTIONS"
+    start_session_proxy sp-idle "$IDLE_PORT"; IDLE_PID=$SP_PID
+    wait_port "$IDLE_PORT" "session-proxy (idle)"
+    # Warm it up first, so "before" includes the runtime, the upstream pool and the store pool.
+    wrk -t 1 -c 8 -d 1s "http://127.0.0.1:$IDLE_PORT/" >/dev/null 2>&1 || true
+    sleep 0.5
+    python3 "$BENCH_DIR/idle_conns.py" --port "$IDLE_PORT" --pid "$IDLE_PID" --path / \
+        --count "$IDLE_CONNECTIONS" >"$IDLE_JSON" 2>"$TMP/idle.err" || note "idle test failed: $(cat "$IDLE_JSON" "$TMP/idle.err")"
+    kill -0 "$IDLE_PID" 2>/dev/null || note "the idle-connection session-proxy DIED (see its log)"
+else
+    echo '{"skipped": "IDLE_CONNECTIONS=0"}' >"$IDLE_JSON"
+fi
 
 # ------------------------------------------------ logs: anything the proxies complained about
 for name in sp4 sp5 sp6 sp-idle node-proxy; do
@@ -544,7 +552,7 @@ for n in 1 2 3 4 5 6; do
 done
 
 mkdir -p "$BENCH_DIR/results"
-RESULT="$BENCH_DIR/results/$(date -u +%Y-%m-%d).md"
+RESULT="${RESULTS_FILE:-$BENCH_DIR/results/$(date -u +%Y-%m-%d).md}"
 python3 "$BENCH_DIR/report.py" --meta "$META" --runs "$RAW" --peak "$PEAK" --idle "$IDLE_JSON" \
     --notes "$NOTES" >"$TMP/report.md"
 cat "$TMP/report.md"

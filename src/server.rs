@@ -292,13 +292,16 @@ impl Connection {
         metrics.connection_opened();
         match self.tls.clone() {
             None => self.serve_io(stream).await,
-            Some(acceptor) => match tokio::time::timeout(self.tls_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => self.serve_io(tls).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
+            // Boxed so the plain-HTTP task is not sized for the TLS handshake's state.
+            Some(acceptor) => {
+                match Box::pin(tokio::time::timeout(self.tls_timeout, acceptor.accept(stream))).await {
+                    Ok(Ok(tls)) => Box::pin(self.serve_io(tls)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
                 }
-                Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
-            },
+            }
         }
         metrics.connection_closed();
     }
