@@ -247,7 +247,10 @@ def main():
         target("(5) >= 3x the Node proxy", None, "not measured")
     if have(5, 1) and rows[5]["p99"] is not None and rows[1]["p99"] is not None:
         d = rows[5]["p99"] - rows[1]["p99"]
-        target("p99 of (5) < 1 ms above (1)", d < 1.0, f"{fmt_ms(rows[5]['p99'])} vs {fmt_ms(rows[1]['p99'])}: +{d:.2f} ms")
+        target("p99 of (5) < 1 ms above (1)", d < 1.0,
+               f"{fmt_ms(rows[5]['p99'])} vs {fmt_ms(rows[1]['p99'])}: {d:+.2f} ms; p50 {fmt_ms(rows[5]['p50'])} vs "
+               f"{fmt_ms(rows[1]['p50'])}. wrk's 64 connections are a closed loop, so latency is about "
+               "64 / throughput, and (1)'s tail comes from wrk and nginx competing for the 2 cores")
     else:
         target("p99 of (5) < 1 ms above (1)", None, "not measured")
     if "holding_rss_kib" in idle:

@@ -61,6 +61,8 @@
 #
 # A proxy that dies, or a run with non-2xx responses or socket errors, is reported in the
 # table and the notes below it, never hidden or retried.
+#
+# Profiling session-proxy per request (callgrind or perf): bench/profile.sh; see bench/README.md.
 
 set -euo pipefail
 
