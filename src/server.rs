@@ -311,12 +311,16 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Connection { shared, builder, watcher, peer, .. } = self;
+        let client_ip = proxy::headers::client_ip(peer.ip());
         let service = service_fn(move |req| {
             let shared = shared.clone();
             // Boxed: hyper keeps the slot for a connection's request future allocated for the
             // connection's whole life, and `handle`'s future is tens of KiB. Boxed, an idle
             // keep-alive connection holds a pointer instead.
-            Box::pin(async move { Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, peer).await) })
+            let client_ip = client_ip.clone();
+            Box::pin(async move {
+                Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, &client_ip).await)
+            })
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         if let Err(e) = watcher.watch(conn).await {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`: kept when the client sends one, generated otherwise.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -55,18 +55,22 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// an upgrade), `Upgrade` survives and `Connection: upgrade` is set again, since both hops
 /// must see them for the switch to happen.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> =
-            connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
-        for name in listed {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(&name);
-            }
+    if let Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+        // Taken out first so the listed names can be removed while reading them; removing by
+        // `&str` needs no `HeaderName` (no allocation for names such as `keep-alive`).
+        let listed: Vec<HeaderValue> = connection.remove_entry_mult().1.collect();
+        let tokens = listed.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
+        let kept_for_upgrade = |token: &str| keep_upgrade && token.eq_ignore_ascii_case("upgrade");
+        for token in tokens.filter(|t| !t.is_empty() && !kept_for_upgrade(t)) {
+            headers.remove(token);
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    // One pass over the names instead of a lookup per hop-by-hop name: most messages have
+    // none of them.
+    if headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -75,20 +79,31 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The client's address as a header value, made once per connection for `X-Forwarded-For`.
+pub(crate) fn client_ip(addr: IpAddr) -> HeaderValue {
+    // An IP address's text is always a valid header value.
+    HeaderValue::try_from(addr.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// Sets `X-Forwarded-For` (client address appended to any list already there),
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (the host the client asked for).
 pub(crate) fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     https: bool,
     host: Option<&HeaderValue>,
 ) {
-    let ip = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.trim_ascii().is_empty() => {
+            let mut list = Vec::with_capacity(prev.len() + 2 + client.len());
+            list.extend_from_slice(prev);
+            list.extend_from_slice(b", ");
+            list.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&list).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     let proto = if https { "https" } else { "http" };
@@ -185,12 +200,12 @@ mod tests {
             ("x-forwarded-host", "evil"),
         ]);
         let host = HeaderValue::from_static("app.example.com");
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), false, Some(&host));
+        set_forwarded(&mut h, &client_ip("127.0.0.1".parse().unwrap()), false, Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, "::1".parse().unwrap(), true, None);
+        set_forwarded(&mut h, &client_ip("::1".parse().unwrap()), true, None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("x-forwarded-host").is_none());

@@ -6,7 +6,6 @@ pub(crate) mod headers;
 mod upgrade;
 
 use std::error::Error as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ struct Outcome {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let request_id = headers::request_id(req.headers());
@@ -49,16 +48,18 @@ pub(crate) async fn handle(
         upstream_time: None,
     };
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // For the access log; a `Uri` clone shares the bytes hyper parsed.
+    let uri = req.uri().clone();
 
-    let mut resp = forward(&shared, &app, req, peer, &request_id, &mut out).await;
+    let mut resp = forward(&shared, &app, req, client_ip, &request_id, &mut out).await;
     resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
     out.status = resp.status();
+    let elapsed = start.elapsed();
 
     shared.metrics.observe_request(
         out.route.as_deref().map(|r| &r.metrics),
         out.status,
-        start.elapsed(),
+        elapsed,
         out.upstream_time,
         out.session,
     );
@@ -66,9 +67,9 @@ pub(crate) async fn handle(
         target: "access",
         request_id = %rid(&request_id),
         method = %method,
-        path = %path,
+        path = %uri.path(),
         status = out.status.as_u16(),
-        duration_ms = ms(start.elapsed()),
+        duration_ms = ms(elapsed),
         route = %out.route.as_deref().map_or("-", |r| r.prefix.as_str()),
         session = %out.session.as_str(),
         store_ms = ms(out.store_time),
@@ -90,7 +91,7 @@ async fn forward(
     shared: &Shared,
     app: &App,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
     request_id: &HeaderValue,
     out: &mut Outcome,
 ) -> Response<ProxyBody> {
@@ -155,7 +156,7 @@ async fn forward(
 
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let Ok((upstream_req, body_sent)) =
-        build_upstream_request(shared, req, route, peer, host.as_ref(), request_id)
+        build_upstream_request(shared, req, route, client_ip, host.as_ref(), request_id)
     else {
         return status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n");
     };
@@ -225,7 +226,7 @@ fn build_upstream_request(
     shared: &Shared,
     req: Request<Incoming>,
     route: &Route,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) -> Result<UpstreamRequest, http::Error> {
@@ -242,7 +243,7 @@ fn build_upstream_request(
     // The server's extensions (connection info, upgrade handles) mean nothing upstream.
     parts.extensions = http::Extensions::new();
     let h = &mut parts.headers;
-    headers::set_forwarded(h, peer.ip(), shared.https, host);
+    headers::set_forwarded(h, client_ip, shared.https, host);
     if let Some(host) = host {
         // HTTP/2 requests have no `Host` header; the upstream speaks HTTP/1.1 and needs one.
         h.entry(header::HOST).or_insert_with(|| host.clone());

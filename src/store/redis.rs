@@ -307,7 +307,10 @@ impl RedisStore {
         index: usize,
         request: impl Future<Output = Result<T, FredError>>,
     ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.inner.belt, request).await {
+        // Boxed: fred's command futures are ~7 KiB, and every wrapper that awaits one in place
+        // (this one, the store enum, the session layer, the request handler) would grow by as
+        // much and copy it on every request.
+        let result = match tokio::time::timeout(self.inner.belt, Box::pin(request)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(self.fred_error(index, &err)),
             Err(_elapsed) => Err(self.store_error(index, Failure::Timeout, "")),
