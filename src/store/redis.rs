@@ -23,6 +23,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,6 +117,11 @@ impl Drop for Inner {
         abort_all(&self.tasks);
     }
 }
+
+/// A fred command, boxed by the caller: fred's command futures are ~7 KiB, and every async fn
+/// that held one in place (this module, the store enum, the session layer, the request
+/// handler) would grow by as much and copy it on every request.
+type FredCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, FredError>> + Send + 'a>>;
 
 impl RedisStore {
     /// Builds the pool and starts connecting in the background. Fails only for configuration
@@ -212,12 +218,12 @@ impl RedisStore {
     pub async fn get(&self, key: &str, refresh_ttl: Option<u64>) -> Result<Option<Bytes>, StoreError> {
         let (index, client) = self.pick();
         match refresh_ttl {
-            None => self.call(index, client.get::<Option<Bytes>, _>(key)).await,
+            None => self.call(index, Box::pin(client.get::<Option<Bytes>, _>(key))).await,
             Some(secs) => {
                 let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
                 let args =
                     vec![Value::from(key), Value::from_static_str("EX"), Value::Integer(ttl_arg(secs)?)];
-                self.call(index, client.custom::<Option<Bytes>, Value>(getex, args)).await
+                self.call(index, Box::pin(client.custom::<Option<Bytes>, Value>(getex, args))).await
             }
         }
     }
@@ -226,14 +232,15 @@ impl RedisStore {
     pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
         let (index, client) = self.pick();
-        let reply = self.call(index, client.set::<Value, _, _>(key, value, expire, None, false)).await?;
+        let reply =
+            self.call(index, Box::pin(client.set::<Value, _, _>(key, value, expire, None, false))).await?;
         expect_reply("SET", &reply, Value::is_ok)
     }
 
     /// `DEL key`; `Ok` only when Redis answered with a count.
     pub async fn del(&self, key: &str) -> Result<(), StoreError> {
         let (index, client) = self.pick();
-        let reply = self.call(index, client.del::<Value, _>(key)).await?;
+        let reply = self.call(index, Box::pin(client.del::<Value, _>(key))).await?;
         expect_reply("DEL", &reply, is_integer)
     }
 
@@ -257,14 +264,13 @@ impl RedisStore {
         let (index, client) = self.pick();
         let pipeline = client.pipeline().with_options(&only_when_connected);
         // These only buffer the commands (they answer at once); `try_all` sends them.
-        pipeline
-            .set::<(), _, _>(new_key, value, expire, None, false)
+        Box::pin(pipeline.set::<(), _, _>(new_key, value, expire, None, false))
             .await
             .map_err(|err| self.fred_error(index, &err))?;
-        pipeline.del::<(), _>(old_key).await.map_err(|err| self.fred_error(index, &err))?;
-        let sent = async {
+        Box::pin(pipeline.del::<(), _>(old_key)).await.map_err(|err| self.fred_error(index, &err))?;
+        let sent = Box::pin(async {
             pipeline.try_all::<Value>().await.into_iter().collect::<Result<Vec<Value>, FredError>>()
-        };
+        });
         match self.call(index, sent).await?.as_slice() {
             [set, del] => {
                 expect_reply("SET", set, Value::is_ok)?;
@@ -277,7 +283,7 @@ impl RedisStore {
     /// `PING`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let (index, client) = self.pick();
-        self.call(index, client.ping::<()>(None)).await
+        self.call(index, Box::pin(client.ping::<()>(None))).await
     }
 
     /// Sends QUIT on every connection (bounded by the belt, as Redis may be down) and stops the
@@ -302,15 +308,8 @@ impl RedisStore {
 
     /// Runs one fred call on client `index` under the belt, maps its error, and feeds the
     /// outcome to the stall watch.
-    async fn call<T>(
-        &self,
-        index: usize,
-        request: impl Future<Output = Result<T, FredError>>,
-    ) -> Result<T, StoreError> {
-        // Boxed: fred's command futures are ~7 KiB, and every wrapper that awaits one in place
-        // (this one, the store enum, the session layer, the request handler) would grow by as
-        // much and copy it on every request.
-        let result = match tokio::time::timeout(self.inner.belt, Box::pin(request)).await {
+    async fn call<T>(&self, index: usize, request: FredCall<'_, T>) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.inner.belt, request).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => Err(self.fred_error(index, &err)),
             Err(_elapsed) => Err(self.store_error(index, Failure::Timeout, "")),
