@@ -138,10 +138,7 @@ async fn forward(
                 match session_cfg.on_store_error {
                     OnStoreError::Fail => {
                         tracing::warn!(request_id = %rid(request_id), error = %e.error, "session store read failed; answering 503");
-                        let mut resp =
-                            status_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
-                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                        return resp;
+                        return store_unavailable();
                     }
                     OnStoreError::Pass => {
                         tracing::warn!(request_id = %rid(request_id), error = %e.error, "session store read failed; forwarding without a session");
@@ -190,9 +187,7 @@ async fn forward(
             Err(SaveError::Store(e)) => {
                 shared.metrics.store_error(&e);
                 tracing::warn!(request_id = %rid(request_id), route = %route.prefix, error = %e, "session store write failed; answering 503");
-                let mut resp = status_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
+                return store_unavailable();
             }
         }
     }
@@ -318,6 +313,13 @@ fn status_text(status: StatusCode) -> &'static str {
         StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         _ => "502 Bad Gateway\n",
     }
+}
+
+/// 503 for a store that failed: the client may retry in a second.
+fn store_unavailable() -> Response<ProxyBody> {
+    let mut resp = status_response(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable\n");
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 pub(crate) fn status_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
