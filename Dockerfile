@@ -15,9 +15,9 @@ RUN apt-get update \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin proxy \
  && mkdir -p /etc/session-proxy
 COPY --from=build /src/target/release/session-proxy /usr/local/bin/session-proxy
-COPY proxy.toml /etc/session-proxy/proxy.toml
+COPY docker/proxy.toml /etc/session-proxy/proxy.toml
 USER proxy
-# 8080: the proxy (set server.listen = "0.0.0.0:8080" in the mounted config);
+# 8080: the proxy; docker/proxy.toml (the default config) takes SESSION_SECRET, UPSTREAM and SESSION_STORE_URL from the environment;
 # 9901: the admin listener (/healthz, /readyz, /metrics).
 EXPOSE 8080 9901
 ENTRYPOINT ["/usr/local/bin/session-proxy"]
