@@ -376,3 +376,45 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     tokio::time::timeout(Duration::from_secs(10), stopped).await.unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "still accepting after shutdown");
 }
+
+/// DESIGN.md: on session routes the upgrade request carries `x-session` like any other, and a
+/// forged one never reaches the upstream.
+#[tokio::test]
+async fn websocket_on_a_session_route_carries_the_session_header() {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response as WsResponse};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<Vec<String>>();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        // The callback's signature is tungstenite's, large error type included.
+        #[allow(clippy::result_large_err)]
+        let record = |req: &WsRequest, resp: WsResponse| {
+            let sessions =
+                req.headers().get_all("x-session").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+            let _ = seen_tx.send(sessions);
+            Ok(resp)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, record).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() {
+                ws.send(msg).await.unwrap();
+            }
+        }
+    });
+    let proxy = start_proxy(&format!("[[route]]\nprefix = \"/\"\nupstream = \"http://{ws_addr}\"\n")).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/socket", proxy.addr),
+    )
+    .unwrap();
+    request.headers_mut().insert("x-session", "{\"user\":\"forged\"}".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(request, stream).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(seen_rx.await.unwrap(), ["{}"], "the upstream sees the proxy's session, never the forged one");
+    ws.send(tokio_tungstenite::tungstenite::Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "ping");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+}
