@@ -23,18 +23,17 @@
 //! No timing assertions: bounded waits only guard against hangs.
 
 mod common;
-mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::faults::*;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
 use session_proxy::Limits;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

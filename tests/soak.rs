@@ -9,12 +9,12 @@
 //! `SOAK_STORE=redis` in the environment to soak the Redis store instead of the embedded one).
 
 mod common;
-mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::faults::*;
 use common::redis_server::RedisServer;
 use common::*;
 use http::{Request, Response, StatusCode};
@@ -22,7 +22,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 use session_proxy::Limits;
-use support::*;
 
 /// Requests in the measured run.
 const SOAK_REQUESTS: usize = 100_000;

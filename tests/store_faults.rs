@@ -13,13 +13,13 @@
 //! No timing assertions: bounded waits only guard against hangs.
 
 mod common;
-mod support;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::faults::*;
 use common::redis_server::RedisServer;
 use common::*;
 use http::{Request, Response, StatusCode};
@@ -28,7 +28,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use serde_json::{json, Value};
-use support::*;
 
 /// Concurrent load clients, each with its own session.
 const CLIENTS: usize = 32;

@@ -6,16 +6,15 @@
 //! timing assertions: bounded waits only guard against hangs.
 
 mod common;
-mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::faults::*;
 use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,7 +1,6 @@
 //! Helpers for the reliability tests (`store_faults`, `upstream_faults`, `hostile`, `soak`):
 //! hang guards, a process-wide panic counter, session cookies decoded the way a test needs
-//! them, raw TCP upstreams and clients. Included with `mod support;` next to `mod common;`.
-#![allow(dead_code)]
+//! them, raw TCP upstreams and clients. Used as `common::faults`.
 
 use std::future::Future;
 use std::net::SocketAddr;
