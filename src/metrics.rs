@@ -63,6 +63,10 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// series before the first error (an absent series is not a zero to Prometheus).
 const STORE_ERROR_KINDS: [&str; 4] = ["timeout", "unavailable", "command", "config"];
 
+/// The store commands timed (`StoreCalls` in `session`): their histograms are resolved once,
+/// so timing a command does not hash labels on the hot path.
+const STORE_COMMANDS: [&str; 6] = ["get", "getex", "set", "del", "regenerate", "ping"];
+
 /// The session events counted (a session merely loaded, or none, is not an event).
 const SESSION_EVENTS: [&str; 4] = ["created", "updated", "destroyed", "regenerated"];
 
@@ -73,6 +77,8 @@ pub struct Metrics {
     request_duration: HistogramFamily<RouteLabels>,
     upstream_duration: HistogramFamily<RouteLabels>,
     store_duration: HistogramFamily<CommandLabels>,
+    /// `store_duration`'s handles for [`STORE_COMMANDS`], in that order.
+    store_commands: Vec<Histogram>,
     store_errors: Family<KindLabels, Counter>,
     sessions: Family<EventLabels, Counter>,
     cookies_rejected: Counter,
@@ -148,6 +154,10 @@ impl Metrics {
         for event in SESSION_EVENTS {
             let _ = sessions.get_or_create(&EventLabels { event });
         }
+        let store_commands = STORE_COMMANDS
+            .iter()
+            .map(|&command| store_duration.get_or_create_owned(&CommandLabels { command }))
+            .collect();
 
         let mut metrics = Metrics {
             registry,
@@ -155,6 +165,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             store_duration,
+            store_commands,
             store_errors,
             sessions,
             cookies_rejected,
@@ -205,7 +216,11 @@ impl Metrics {
     }
 
     pub(crate) fn store_command(&self, command: &'static str, duration: Duration) {
-        self.store_duration.get_or_create(&CommandLabels { command }).observe(duration.as_secs_f64());
+        let seconds = duration.as_secs_f64();
+        match STORE_COMMANDS.iter().position(|&c| c == command) {
+            Some(i) => self.store_commands[i].observe(seconds),
+            None => self.store_duration.get_or_create(&CommandLabels { command }).observe(seconds),
+        }
     }
 
     pub(crate) fn store_error(&self, error: &StoreError) {
