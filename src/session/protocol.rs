@@ -28,15 +28,12 @@ pub fn empty_session() -> HeaderValue {
 /// Whether a header name, lowercased and with `_` read as `-`, equals `target`.
 ///
 /// Some stacks (PHP, CGI) map `X_Session` and `X-Session` to the same variable, so a client
-/// could forge the session header with either spelling. `target` is a `HeaderName`, which is
-/// always lowercase. Allocates nothing.
+/// could forge the session header with either spelling. Both sides are normalised, so a
+/// configured name with `_` (`x_session`) matches `X-Session` and itself. Allocates nothing.
 pub fn normalized_eq(name: &str, target: &HeaderName) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
     let target = target.as_str().as_bytes();
-    name.len() == target.len()
-        && name.bytes().zip(target).all(|(a, &b)| {
-            let a = if a == b'_' { b'-' } else { a.to_ascii_lowercase() };
-            a == b
-        })
+    name.len() == target.len() && name.bytes().zip(target).all(|(a, &b)| fold(a) == fold(b))
 }
 
 /// Removes every header whose name matches one of `names` by [`normalized_eq`], in every
@@ -483,6 +480,20 @@ mod tests {
     }
 
     // ---- header names ----
+
+    #[test]
+    fn configured_names_with_underscores_match_every_spelling() {
+        let target = HeaderName::from_static("x_session");
+        for name in ["x_session", "x-session", "X_SESSION", "X-Session"] {
+            assert!(normalized_eq(name, &target), "{name}");
+        }
+        assert!(!normalized_eq("x_sessions", &target));
+        let mut headers = HeaderMap::new();
+        headers.insert("x_session", HeaderValue::from_static("{}"));
+        headers.insert("x-session", HeaderValue::from_static("{}"));
+        assert_eq!(strip_protocol_headers(&mut headers, &[&target]), 2);
+        assert!(headers.is_empty());
+    }
 
     #[test]
     fn normalized_eq_matches_forged_spellings() {
