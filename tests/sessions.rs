@@ -1296,3 +1296,39 @@ async fn on_store_error_pass_forwards_without_a_session() {
     let answer = env.call(Some(&session.pair), &[]).await;
     assert_eq!(answer.session(), Some("{}"), "Redis came back empty");
 }
+
+/// `on_store_error = "pass"` when only the read fails (here a Redis user that may not GET):
+/// the upstream saw no session, so its update must not overwrite the session it never saw.
+/// It starts a new session instead, and the old one is left as it was (strict ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_mode_update_after_a_failed_read_never_overwrites_the_unseen_session() {
+    let redis = RedisServer::start();
+    redis.cli(&["ACL", "SETUSER", "noread", "on", ">pw", "~*", "+@all", "-get", "-getex"]);
+    let stored = r#"{"user":"alice","cart":[1,2]}"#;
+    redis.cli(&["SET", "_session:0123456789abcdef", stored, "EX", "3600"]);
+    let upstream = upstream(|_req| async {
+        Response::builder().header("x-session-update", r#"{"visits":1}"#).body(full("ok")).unwrap()
+    })
+    .await;
+    let url = redis.url().replacen("redis://", "redis://noread:pw@", 1);
+    let proxy = start_proxy(&format!(
+        "[store]\nurl = \"{url}\"\n\
+         [session]\nsecrets = [\"{SECRET}\"]\non_store_error = \"pass\"\n\
+         [[route]]\nprefix = \"/\"\nupstream = \"{}\"\n",
+        upstream.url()
+    ))
+    .await;
+    let cookie = format!("{COOKIE_NAME}={}", sign("0123456789abcdef", SECRET));
+    let request = Request::get(proxy.url("/")).header("cookie", &cookie).body(empty()).unwrap();
+    let (status, headers, _) = send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        redis.cli(&["GET", "_session:0123456789abcdef"]),
+        stored,
+        "the unseen session was overwritten"
+    );
+    let set_cookie = headers.get("set-cookie").expect("a new session gets a cookie").to_str().unwrap();
+    let new_id = remix_unsign(cookie_value(set_cookie.split(';').next().unwrap()), &[SECRET]).unwrap();
+    assert_ne!(new_id, "0123456789abcdef");
+    assert_eq!(redis.cli(&["GET", &format!("_session:{new_id}")]), r#"{"visits":1}"#);
+}

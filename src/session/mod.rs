@@ -167,11 +167,12 @@ impl SessionLayer {
 
     /// Request side: verifies the cookie, reads the session in one round trip (GETEX when
     /// `rolling`) and puts it in the request's session header. A request without a valid
-    /// cookie needs no store read and carries `{}`.
+    /// cookie needs no store read and carries `{}`. `request_id` is for its log line.
     pub(crate) async fn load(
         &self,
         store: &mut StoreCalls<'_>,
         headers: &mut HeaderMap,
+        request_id: &str,
     ) -> Result<Loaded, LoadError> {
         let verified = match self.codec.read_cookie(headers) {
             CookieRead::Valid(v) => v,
@@ -194,7 +195,7 @@ impl SessionLayer {
         let (header, value) = match protocol::to_request_header(&value) {
             Ok(header) => (header, value),
             Err(_) => {
-                tracing::warn!("stored session is not a JSON object; treating it as empty");
+                tracing::warn!(request_id, "stored session is not a JSON object; treating it as empty");
                 // Treated as empty throughout: a regenerate moves `{}`, what the upstream saw,
                 // not the unreadable value.
                 (protocol::empty_session(), Bytes::from_static(protocol::EMPTY_SESSION.as_bytes()))
@@ -236,14 +237,17 @@ impl SessionLayer {
                 self.set_cookie(resp, &new);
                 SessionEvent::Regenerated
             }
-            (Some(Update::Replace(text)), Some(id)) => {
+            // Only a session found in the store is overwritten in place. One whose read failed
+            // (`"pass"`) may hold data the upstream never saw: its update starts a new session
+            // rather than replace that data (strict ids).
+            (Some(Update::Replace(text)), Some(id)) if live.is_some() => {
                 store.set(&self.key(id), &text, max_age).await?;
                 if self.cfg.rolling || needs_resign {
                     self.set_cookie(resp, id);
                 }
                 SessionEvent::Updated
             }
-            (Some(Update::Replace(text)), None) => {
+            (Some(Update::Replace(text)), _) => {
                 let new = id::new_id();
                 store.set(&self.key(&new), &text, max_age).await?;
                 self.set_cookie(resp, &new);
