@@ -294,3 +294,37 @@ async fn a_slow_upstream_within_its_timeout_is_answered() {
     background.finish(before).await;
     assert_eq!(panics(), 0);
 }
+
+/// An upstream that accepts a request and then neither reads its body nor answers: the
+/// upload fills the socket buffers and stops, so neither the client-side body timeout (the
+/// client is not the one waiting) nor the wait for response headers (the body never ends)
+/// would bound it. The proxy answers 504 once the upstream has taken nothing for
+/// `upstream_timeout_ms`, and the client is not left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_the_body_gets_504() {
+    let stuck = RawUpstream::start(|stream: TcpStream| async move {
+        // Hold the connection open without reading a byte.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(stream);
+    })
+    .await;
+    let proxy = start_proxy_with(
+        config(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nupstream_timeout_ms = {SHORT_UPSTREAM_TIMEOUT_MS}\n\
+             [[route]]\nprefix = \"/\"\nupstream = \"http://{}\"\nsession = false\n",
+            stuck.addr
+        )),
+        session_proxy::Limits::default(),
+    )
+    .await;
+    // Far more than loopback socket buffers hold, sent as fast as the proxy takes it.
+    let body = vec![b'x'; 64 << 20];
+    let request = Request::post(proxy.url("/upload")).body(full(body)).unwrap();
+    let response = guarded("the upload to a stuck upstream", client().request(request)).await;
+    match response {
+        Ok(resp) => assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT),
+        // The proxy may answer while the client is still writing and close the connection,
+        // which a client can see as an error instead of the 504: not a hang either way.
+        Err(e) => eprintln!("client saw the connection end before reading the 504: {e}"),
+    }
+}

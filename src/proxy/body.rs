@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +47,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         sent: Option<oneshot::Sender<()>>,
+        handoff: Arc<Handoff>,
         idle_timeout: Duration,
         // Armed when the client has nothing to give (and only then: while the upstream is
         // slow to take data, hyper does not poll this body and that time is not the client's),
@@ -56,17 +59,74 @@ pin_project_lite::pin_project! {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, sent: oneshot::Sender<()>, idle_timeout: Duration) -> UpstreamBody {
-        let mut body = UpstreamBody { inner, sent: Some(sent), idle_timeout, idle: None, idle_armed: false };
+    /// The body, and the watch the request's deadline uses to follow it.
+    pub(crate) fn new(inner: Incoming, idle_timeout: Duration) -> (UpstreamBody, BodyWatch) {
+        let (tx, sent) = oneshot::channel();
+        let handoff = Arc::new(Handoff { start: Instant::now(), since_ms: AtomicU64::new(0) });
+        let mut body = UpstreamBody {
+            inner,
+            sent: Some(tx),
+            handoff: handoff.clone(),
+            idle_timeout,
+            idle: None,
+            idle_armed: false,
+        };
         if body.inner.is_end_stream() {
             body.fire();
         }
-        body
+        (body, BodyWatch { sent, stall: StallWatch { handoff } })
     }
 
     fn fire(&mut self) {
         if let Some(tx) = self.sent.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Since when the upstream connection has held a frame of the body without asking for the
+/// next one: the time the upstream spends not reading the request.
+#[derive(Debug)]
+struct Handoff {
+    start: Instant,
+    /// Milliseconds after `start`, plus one, of the last frame handed over that was not
+    /// followed by another poll; 0 while hyper is asking for more or the body is done.
+    since_ms: AtomicU64,
+}
+
+impl Handoff {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+}
+
+/// What the request's deadline knows of its body (see [`UpstreamBody`]).
+pub(crate) struct BodyWatch {
+    /// Fires when the last frame has been handed to the upstream connection.
+    pub sent: oneshot::Receiver<()>,
+    /// Sees an upstream that stopped reading the body.
+    pub stall: StallWatch,
+}
+
+/// See [`StallWatch::upstream_stalled`].
+pub(crate) struct StallWatch {
+    handoff: Arc<Handoff>,
+}
+
+impl StallWatch {
+    /// Completes when the upstream has not taken any of the body for `idle` (the proxy passes
+    /// `upstream_timeout_ms`): it accepted the request but stopped reading it, which neither
+    /// the client-side idle timeout (the client is not the one waiting) nor the wait for
+    /// response headers (the body never ends) would bound.
+    pub(crate) async fn upstream_stalled(&self, idle: Duration) {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let check_every = (idle / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(check_every).await;
+            let since = self.handoff.since_ms.load(Ordering::Relaxed);
+            if since != 0 && self.handoff.now_ms().saturating_sub(since) >= idle_ms {
+                return;
+            }
         }
     }
 }
@@ -80,6 +140,8 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let mut this = self.project();
+        // hyper is asking for more: whatever it was handed has been taken.
+        this.handoff.since_ms.store(0, Ordering::Relaxed);
         let polled = match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => {
                 let timeout = *this.idle_timeout;
@@ -108,6 +170,8 @@ impl Body for UpstreamBody {
             if let Some(tx) = this.sent.take() {
                 let _ = tx.send(());
             }
+        } else if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.handoff.since_ms.store(this.handoff.now_ms(), Ordering::Relaxed);
         }
         polled
     }

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 
 use crate::config::OnStoreError;
 use crate::route::{self, Route};
 use crate::server::{App, Shared};
 use crate::session::{protocol, Loaded, SaveError, SessionEvent, StoreCalls};
-use body::{ProxyBody, RequestBodyError, UpstreamBody};
+use body::{BodyWatch, ProxyBody, RequestBodyError, UpstreamBody};
 use headers::X_REQUEST_ID;
 
 /// What one request did, for its access-log line.
@@ -124,7 +123,7 @@ async fn forward(
     // Request side of the session seam.
     let mut store = StoreCalls::new(&shared.store, &shared.metrics);
     let loaded = if route.session {
-        let loaded = app.session.load(&mut store, req.headers_mut()).await;
+        let loaded = app.session.load(&mut store, req.headers_mut(), rid(request_id)).await;
         out.store_time = store.elapsed;
         match loaded {
             Ok(loaded) => {
@@ -152,19 +151,19 @@ async fn forward(
     };
 
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let Ok((upstream_req, body_sent)) =
+    let Ok((upstream_req, body_watch)) =
         build_upstream_request(shared, req, route, client_ip, host.as_ref(), request_id)
     else {
         return status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n");
     };
 
     let upstream_start = Instant::now();
-    let result = send_with_timeout(shared, upstream_req, body_sent, app.upstream_timeout).await;
+    let result = send_with_timeout(shared, upstream_req, body_watch, app.upstream_timeout).await;
     out.upstream_time = Some(upstream_start.elapsed());
     let mut resp = match result {
         Ok(resp) => resp,
-        Err(status) => {
-            tracing::warn!(request_id = %rid(request_id), route = %route.prefix, status = status.as_u16(), "upstream failed");
+        Err(UpstreamFailure { status, reason }) => {
+            tracing::warn!(request_id = %rid(request_id), route = %route.prefix, status = status.as_u16(), reason = %reason, "upstream failed");
             return status_response(status, status_text(status));
         }
     };
@@ -212,7 +211,7 @@ async fn forward(
     resp.map(http_body_util::Either::Left)
 }
 
-type UpstreamRequest = (Request<UpstreamBody>, oneshot::Receiver<()>);
+type UpstreamRequest = (Request<UpstreamBody>, BodyWatch);
 
 /// The request as the upstream gets it: absolute URI on the route's upstream, HTTP/1.1,
 /// forwarding headers and request id set, `Host` kept. The caller has already removed the
@@ -244,39 +243,62 @@ fn build_upstream_request(
         h.entry(header::HOST).or_insert_with(|| host.clone());
     }
     h.insert(&X_REQUEST_ID, request_id.clone());
-    let (tx, rx) = oneshot::channel();
-    Ok((Request::from_parts(parts, UpstreamBody::new(body, tx, shared.body_idle_timeout)), rx))
+    let (body, watch) = UpstreamBody::new(body, shared.body_idle_timeout);
+    Ok((Request::from_parts(parts, body), watch))
+}
+
+/// Why forwarding failed: the status to answer and, for the log line, why.
+struct UpstreamFailure {
+    status: StatusCode,
+    reason: String,
 }
 
 /// Sends to the upstream; `upstream_timeout` counts from the end of the request body to the
-/// response headers. Errors are the status to answer: 502 refused or reset, 504 timed out,
-/// 408 when the client stopped sending its body.
+/// response headers, and also bounds how long the upstream may leave the body unread (an
+/// upstream that stops reading would otherwise hold the request forever). Failures answer 502 (refused, reset, garbage), 504 (timed out, or the
+/// upstream stopped reading the body), or 408 (the client stopped sending its body).
 async fn send_with_timeout(
     shared: &Shared,
     req: Request<UpstreamBody>,
-    body_sent: oneshot::Receiver<()>,
+    body: BodyWatch,
     timeout: Duration,
-) -> Result<Response<Incoming>, StatusCode> {
+) -> Result<Response<Incoming>, UpstreamFailure> {
     let response = shared.client.request(req);
+    let BodyWatch { sent, stall } = body;
     let deadline = async {
-        // A dropped sender means the body will never finish; the request future ends first.
-        if body_sent.await.is_err() {
-            std::future::pending::<()>().await;
+        tokio::select! {
+            // Checked first: a request without a body has fired it already, and then no
+            // watchdog timer is started.
+            biased;
+            sent = sent => {
+                // A dropped sender means the body will never finish; the request ends first.
+                if sent.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = stall.upstream_stalled(timeout) => {
+                return "the upstream stopped reading the request body";
+            }
         }
         tokio::time::sleep(timeout).await;
+        "no response headers within upstream_timeout_ms"
     };
     tokio::select! {
         res = response => res.map_err(|e| {
-            tracing::debug!(error = %e, source = ?e.source(), "upstream request error");
-            if client_body_idle(&e) {
+            let status = if client_body_idle(&e) {
                 StatusCode::REQUEST_TIMEOUT
             } else if is_timeout(&e) {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
                 StatusCode::BAD_GATEWAY
-            }
+            };
+            let reason = match e.source() {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            };
+            UpstreamFailure { status, reason }
         }),
-        () = deadline => Err(StatusCode::GATEWAY_TIMEOUT),
+        reason = deadline => Err(UpstreamFailure { status: StatusCode::GATEWAY_TIMEOUT, reason: reason.to_string() }),
     }
 }
 
