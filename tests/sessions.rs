@@ -565,45 +565,29 @@ macro_rules! store_tests {
     };
 }
 
-store_tests!(
-    redis_store,
-    super::Backend::redis(),
-    [
-        new_visitor_gets_an_empty_session_and_no_cookie,
-        lifecycle_create_read_update,
-        rolling_refreshes_ttl_and_cookie_on_every_response,
-        regenerate_moves_the_session_to_a_fresh_id,
-        destroy_deletes_the_key_and_clears_the_cookie,
-        without_a_session_destroy_and_regenerate_do_nothing,
-        save_uninitialized_creates_an_empty_session,
-        strict_ids_unknown_signed_id_is_a_new_visitor,
-        bad_cookies_are_new_visitors,
-        bad_updates_are_502_and_write_nothing,
-        forged_headers_are_stripped_on_every_route,
-        upstream_protocol_headers_in_other_spellings_are_stripped_not_acted_on,
-        secret_rotation_verifies_old_and_re_signs_with_the_first,
-    ]
-);
+/// The behaviour bodies that run on every store, listed once so none runs on one store only.
+macro_rules! on_redis_and_memory {
+    ([$($body:ident),* $(,)?]) => {
+        store_tests!(redis_store, super::Backend::redis(), [$($body),*]);
+        store_tests!(memory_store, super::Backend::memory(), [$($body),*]);
+    };
+}
 
-store_tests!(
-    memory_store,
-    super::Backend::memory(),
-    [
-        new_visitor_gets_an_empty_session_and_no_cookie,
-        lifecycle_create_read_update,
-        rolling_refreshes_ttl_and_cookie_on_every_response,
-        regenerate_moves_the_session_to_a_fresh_id,
-        destroy_deletes_the_key_and_clears_the_cookie,
-        without_a_session_destroy_and_regenerate_do_nothing,
-        save_uninitialized_creates_an_empty_session,
-        strict_ids_unknown_signed_id_is_a_new_visitor,
-        bad_cookies_are_new_visitors,
-        bad_updates_are_502_and_write_nothing,
-        forged_headers_are_stripped_on_every_route,
-        upstream_protocol_headers_in_other_spellings_are_stripped_not_acted_on,
-        secret_rotation_verifies_old_and_re_signs_with_the_first,
-    ]
-);
+on_redis_and_memory!([
+    new_visitor_gets_an_empty_session_and_no_cookie,
+    lifecycle_create_read_update,
+    rolling_refreshes_ttl_and_cookie_on_every_response,
+    regenerate_moves_the_session_to_a_fresh_id,
+    destroy_deletes_the_key_and_clears_the_cookie,
+    without_a_session_destroy_and_regenerate_do_nothing,
+    save_uninitialized_creates_an_empty_session,
+    strict_ids_unknown_signed_id_is_a_new_visitor,
+    bad_cookies_are_new_visitors,
+    bad_updates_are_502_and_write_nothing,
+    forged_headers_are_stripped_on_every_route,
+    upstream_protocol_headers_in_other_spellings_are_stripped_not_acted_on,
+    secret_rotation_verifies_old_and_re_signs_with_the_first,
+]);
 
 // The Upstash path: TLS-only redis-server, password in the URL, private CA in `ca_file`.
 store_tests!(
