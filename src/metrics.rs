@@ -84,6 +84,7 @@ pub struct Metrics {
     cookies_rejected: Counter,
     forged_headers: Counter,
     open_connections: Gauge,
+    parked_connections: Gauge,
     /// Handles for requests that matched no route.
     unmatched: RouteMetrics,
 }
@@ -147,6 +148,12 @@ impl Metrics {
         );
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
+        let parked_connections = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1 keep-alive connections waiting for their next request without buffers",
+            parked_connections.clone(),
+        );
 
         for kind in STORE_ERROR_KINDS {
             let _ = store_errors.get_or_create(&KindLabels { kind });
@@ -171,6 +178,7 @@ impl Metrics {
             cookies_rejected,
             forged_headers,
             open_connections,
+            parked_connections,
             unmatched: RouteMetrics::placeholder(),
         };
         metrics.unmatched = metrics.route("-");
@@ -241,6 +249,14 @@ impl Metrics {
 
     pub(crate) fn connection_closed(&self) {
         self.open_connections.dec();
+    }
+
+    pub(crate) fn connection_parked(&self) {
+        self.parked_connections.inc();
+    }
+
+    pub(crate) fn connection_unparked(&self) {
+        self.parked_connections.dec();
     }
 
     /// The Prometheus text exposition format.
@@ -344,6 +360,11 @@ mod tests {
         m.connection_opened();
         m.connection_opened();
         m.connection_closed();
-        assert!(m.encode().contains("session_proxy_open_connections 1\n"));
+        m.connection_parked();
+        let text = m.encode();
+        assert!(text.contains("session_proxy_open_connections 1\n"));
+        assert!(text.contains("session_proxy_parked_connections 1\n"));
+        m.connection_unparked();
+        assert!(m.encode().contains("session_proxy_parked_connections 0\n"));
     }
 }

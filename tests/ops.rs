@@ -530,22 +530,46 @@ fn served_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
 
 /// One GET over an established TLS stream, in the protocol ALPN chose.
 async fn https_get(stream: TlsStream<TcpStream>, path: &str) -> (StatusCode, Version, String) {
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let resp = if h2 {
+    https_gets(stream, path, 1).await.remove(0)
+}
+
+/// `count` GETs, one after the other on one TLS connection, each after a pause long enough for
+/// an idle HTTP/1 connection to park (and give back its buffers).
+async fn https_gets(
+    stream: TlsStream<TcpStream>,
+    path: &str,
+    count: usize,
+) -> Vec<(StatusCode, Version, String)> {
+    async fn read(resp: Response<Incoming>) -> (StatusCode, Version, String) {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.version, String::from_utf8_lossy(&body).into_owned())
+    }
+    let pause = || tokio::time::sleep(Duration::from_millis(400));
+    let mut answers = Vec::new();
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
-        let req = Request::get(format!("https://localhost{path}")).body(empty()).unwrap();
-        guarded("HTTP/2 request", sender.send_request(req)).await.unwrap()
+        for i in 0..count {
+            if i > 0 {
+                pause().await;
+            }
+            let req = Request::get(format!("https://localhost{path}")).body(empty()).unwrap();
+            answers.push(read(guarded("HTTP/2 request", sender.send_request(req)).await.unwrap()).await);
+        }
     } else {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
-        let req = Request::get(path).header("host", "localhost").body(empty()).unwrap();
-        guarded("HTTP/1.1 request", sender.send_request(req)).await.unwrap()
-    };
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.version, String::from_utf8_lossy(&body).into_owned())
+        for i in 0..count {
+            if i > 0 {
+                pause().await;
+            }
+            let req = Request::get(path).header("host", "localhost").body(empty()).unwrap();
+            answers.push(read(guarded("HTTP/1.1 request", sender.send_request(req)).await.unwrap()).await);
+        }
+    }
+    answers
 }
 
 fn tls_config(cert: &Path, key: &Path, upstream: &Upstream) -> String {
@@ -578,12 +602,14 @@ async fn https_over_http1_and_http2_by_alpn() {
         let stream = tls_connect(proxy.addr, &ca.der(), offered).await;
         assert_eq!(stream.get_ref().1.alpn_protocol(), negotiated, "offered {offered:?}");
         assert_eq!(served_cert(&stream), server_cert.der);
-        let (status, got_version, body) = https_get(stream, "/hello?x=1").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(got_version, version);
-        assert_eq!(echoed(&body, "x-forwarded-proto"), Some("https"), "{body}");
-        assert_eq!(echoed(&body, "path"), Some("/hello?x=1"));
-        assert_eq!(echoed(&body, "host"), Some("localhost"), "HTTP/2 authority becomes Host");
+        // Twice on the connection: an HTTP/1.1 one has parked in between.
+        for (status, got_version, body) in https_gets(stream, "/hello?x=1", 2).await {
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(got_version, version);
+            assert_eq!(echoed(&body, "x-forwarded-proto"), Some("https"), "{body}");
+            assert_eq!(echoed(&body, "path"), Some("/hello?x=1"));
+            assert_eq!(echoed(&body, "host"), Some("localhost"), "HTTP/2 authority becomes Host");
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 pub(crate) mod body;
 pub(crate) mod headers;
-mod upgrade;
+pub(crate) mod upgrade;
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::server::{App, Shared};
 use crate::session::{protocol, Loaded, SaveError, SessionEvent, StoreCalls};
 use body::{BodyWatch, ProxyBody, RequestBodyError, UpstreamBody};
 use headers::X_REQUEST_ID;
+use upgrade::{ClientUpgrade, Handover};
 
 /// What one request did, for its access-log line.
 struct Outcome {
@@ -34,6 +35,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     client_ip: &HeaderValue,
+    handover: Option<&Handover>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let request_id = headers::request_id(req.headers());
@@ -50,7 +52,7 @@ pub(crate) async fn handle(
     // For the access log; a `Uri` clone shares the bytes hyper parsed.
     let uri = req.uri().clone();
 
-    let mut resp = forward(&shared, &app, req, client_ip, &request_id, &mut out).await;
+    let mut resp = forward(&shared, &app, req, client_ip, handover, &request_id, &mut out).await;
     resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
     out.status = resp.status();
     let elapsed = start.elapsed();
@@ -91,6 +93,7 @@ async fn forward(
     app: &App,
     mut req: Request<Incoming>,
     client_ip: &HeaderValue,
+    handover: Option<&Handover>,
     request_id: &HeaderValue,
     out: &mut Outcome,
 ) -> Response<ProxyBody> {
@@ -150,7 +153,7 @@ async fn forward(
         None
     };
 
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| ClientUpgrade::take(&mut req, handover));
     let Ok((upstream_req, body_watch)) =
         build_upstream_request(shared, req, route, client_ip, host.as_ref(), request_id)
     else {

@@ -1,22 +1,84 @@
 //! `Upgrade` pass-through (WebSocket and others): once both the client and the upstream have
 //! switched protocols, bytes are copied both ways until either side closes.
 
+use std::sync::Mutex;
+
 use http::HeaderValue;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
+/// A client connection after the switch.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
+type Socket = Box<dyn ClientIo>;
+
+/// Where a request that upgrades wants the client's socket, on an HTTP/1 connection that hands
+/// it over itself once the `101` is written (see `server::conn`: hyper's own upgrade support
+/// needs connections it shuts down).
+#[derive(Default)]
+pub(crate) struct Handover(Mutex<Option<oneshot::Sender<Socket>>>);
+
+impl Handover {
+    /// The request's side: the socket arrives here when the connection gives it.
+    fn expect(&self) -> oneshot::Receiver<Socket> {
+        let (tx, rx) = oneshot::channel();
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// The connection's side, once hyper is done with it: the sender of a request still
+    /// waiting for the socket (one that answered `101`), if any.
+    pub(crate) fn waiting(&self) -> Option<oneshot::Sender<Socket>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|tx| !tx.is_closed())
+    }
+}
+
+/// The client's side of an upgrade.
+pub(crate) enum ClientUpgrade {
+    /// hyper's own upgrade (HTTP/1 connections hyper ends itself).
+    Hyper(OnUpgrade),
+    /// The socket handed over by the connection.
+    Handover(oneshot::Receiver<Socket>),
+}
+
+impl ClientUpgrade {
+    /// Takes the client's upgrade from `req`, before the request goes on.
+    pub(crate) fn take<B>(req: &mut http::Request<B>, handover: Option<&Handover>) -> ClientUpgrade {
+        match handover {
+            Some(h) => ClientUpgrade::Handover(h.expect()),
+            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
+    async fn socket(self) -> Result<Socket, String> {
+        match self {
+            ClientUpgrade::Hyper(on) => match on.await {
+                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
+                Err(e) => Err(e.to_string()),
+            },
+            ClientUpgrade::Handover(rx) => {
+                rx.await.map_err(|_| "the client connection ended before switching".to_owned())
+            }
+        }
+    }
+}
 
 /// Joins the client's and the upstream's upgraded connections in a task of their own. Both
-/// upgrades must be taken (`hyper::upgrade::on`) before the 101 goes to the client.
-pub(crate) fn tunnel(client: OnUpgrade, upstream: OnUpgrade, request_id: HeaderValue) {
+/// upgrades must be taken (`ClientUpgrade::take`, `hyper::upgrade::on`) before the 101 goes to
+/// the client.
+pub(crate) fn tunnel(client: ClientUpgrade, upstream: OnUpgrade, request_id: HeaderValue) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
+        let upstream = async { upstream.await.map_err(|e| e.to_string()) };
+        let (mut client, upstream) = match tokio::try_join!(client.socket(), upstream) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %e, "upgrade failed");
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((up, down)) => tracing::debug!(

@@ -12,24 +12,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::proxy::{self, body::UpstreamBody};
+use crate::proxy::body::UpstreamBody;
 use crate::route::RouteTable;
 use crate::session::SessionLayer;
 use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
+
+mod conn;
+
+use conn::{Connection, Serving};
 
 /// Timeouts and limits that are not in `proxy.toml`. The defaults suit production; tests
 /// shorten them.
@@ -205,26 +205,20 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server { listener, admin, tls, shared, limits, reloader } = self;
         let tls = tls.map(|t| t.acceptor());
-        let builder = connection_builder(&limits);
-        let graceful = GracefulShutdown::new();
+        let serving = Arc::new(Serving::new(shared.clone(), tls, limits));
+        // Every connection holds a receiver; the drain ends when the last one is dropped.
+        let (stop, stopping) = watch::channel(false);
         let (admin_stop, admin_stopped) = watch::channel(false);
         let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stopped)));
 
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = tls.is_some(), "listening");
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = serving.tls.is_some(), "listening");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let conn = Connection {
-                            shared: shared.clone(),
-                            builder: builder.clone(),
-                            tls: tls.clone(),
-                            watcher: graceful.watcher(),
-                            peer,
-                            tls_timeout: limits.tls_handshake_timeout,
-                        };
+                        let conn = Connection { serving: serving.clone(), shutdown: stopping.clone(), peer };
                         tokio::spawn(conn.serve(stream));
                     }
                     Err(e) => {
@@ -236,14 +230,16 @@ impl Server {
             }
         }
         drop(listener);
+        drop(stopping);
         shared.draining.store(true, Ordering::Relaxed);
         let shutdown_grace = reloader.shutdown_grace();
         tracing::info!(
-            connections = graceful.count(),
+            connections = stop.receiver_count(),
             grace_ms = shutdown_grace.as_millis() as u64,
             "shutting down: draining"
         );
-        match tokio::time::timeout(shutdown_grace, graceful.shutdown()).await {
+        stop.send_replace(true);
+        match tokio::time::timeout(shutdown_grace, stop.closed()).await {
             Ok(()) => tracing::info!("drained"),
             Err(_) => tracing::warn!("shutdown grace elapsed with requests still in flight"),
         }
@@ -257,76 +253,6 @@ impl Server {
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
-}
-
-fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(limits.http2_keep_alive)
-        .keep_alive_timeout(limits.http2_keep_alive)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    builder
-}
-
-/// One accepted client connection.
-struct Connection {
-    shared: Arc<Shared>,
-    builder: auto::Builder<TokioExecutor>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    watcher: Watcher,
-    peer: SocketAddr,
-    tls_timeout: Duration,
-}
-
-impl Connection {
-    async fn serve(self, stream: TcpStream) {
-        let metrics = self.shared.metrics.clone();
-        metrics.connection_opened();
-        match self.tls.clone() {
-            None => self.serve_io(stream).await,
-            // Boxed so the plain-HTTP task is not sized for the TLS handshake's state.
-            Some(acceptor) => {
-                match Box::pin(tokio::time::timeout(self.tls_timeout, acceptor.accept(stream))).await {
-                    Ok(Ok(tls)) => Box::pin(self.serve_io(tls)).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed")
-                    }
-                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
-                }
-            }
-        }
-        metrics.connection_closed();
-    }
-
-    async fn serve_io<I>(self, io: I)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let Connection { shared, builder, watcher, peer, .. } = self;
-        let client_ip = proxy::headers::client_ip(peer.ip());
-        let service = service_fn(move |req| {
-            let shared = shared.clone();
-            // Boxed: hyper keeps the slot for a connection's request future allocated for the
-            // connection's whole life, and `handle`'s future is tens of KiB. Boxed, an idle
-            // keep-alive connection holds a pointer instead.
-            let client_ip = client_ip.clone();
-            Box::pin(async move {
-                Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, &client_ip).await)
-            })
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
-        }
-    }
 }
 
 /// Swaps in a new config for new requests (SIGHUP). Cheap to clone.
