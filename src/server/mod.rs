@@ -1,5 +1,6 @@
-//! The server: binds the listeners, accepts connections (plain or TLS), serves HTTP/1.1 and
-//! HTTP/2 through `proxy::handle`, swaps the config on reload and drains on shutdown.
+//! The server: binds the listeners, accepts connections (served by [`conn`]: plain or TLS,
+//! HTTP/1.1 or HTTP/2, through `proxy::handle`), swaps the config on reload and drains on
+//! shutdown.
 //!
 //! Like mini-redis, [`Server::bind`] returns a value whose addresses tests can read (bind to
 //! port 0), and [`Server::run`] takes the shutdown signal as a future.
