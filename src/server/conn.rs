@@ -50,6 +50,11 @@ use crate::proxy::{self, body::ProxyBody, upgrade::Handover};
 /// enough that a busy keep-alive connection never parks between its requests.
 const PARK_AFTER: Duration = Duration::from_millis(100);
 
+/// While a request is in flight (a long poll, a stream, a slow upstream) the connection cannot
+/// park, and the check backs off, doubling up to this, so that many such connections do not
+/// wake ten times a second each.
+const BUSY_CHECK_MAX: Duration = Duration::from_secs(1);
+
 /// The HTTP/2 connection preface a client with prior knowledge opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -349,8 +354,9 @@ impl Segment<'_> {
         let requests_before = state.requests.load(Ordering::Relaxed);
         let mut seen = state.activity.load(Ordering::Relaxed);
         let mut last_activity = Instant::now();
-        let mut tick = tokio::time::interval_at(last_activity + PARK_AFTER, PARK_AFTER);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check_every = PARK_AFTER;
+        let check = tokio::time::sleep_until(last_activity + check_every);
+        tokio::pin!(check);
         let mut closing = false;
         let mut parking = false;
         let result = loop {
@@ -360,7 +366,7 @@ impl Segment<'_> {
                     closing = true;
                     Pin::new(&mut conn).graceful_shutdown();
                 }
-                _ = tick.tick(), if !closing => {
+                () = &mut check, if !closing => {
                     // The wait for a head that started before this segment is bounded across
                     // parks (hyper's own header timer restarts with each segment).
                     if head_deadline.is_some_and(|d| Instant::now() >= d)
@@ -369,6 +375,9 @@ impl Segment<'_> {
                         tracing::debug!(peer = %peer, "no request head within the header read timeout; closing");
                         return Ended::Done;
                     }
+                    let busy = state.in_flight.load(Ordering::Relaxed) > 0;
+                    check_every = if busy { (check_every * 2).min(BUSY_CHECK_MAX) } else { PARK_AFTER };
+                    check.as_mut().reset(Instant::now() + check_every);
                     let now = state.activity.load(Ordering::Relaxed);
                     if now != seen {
                         seen = now;
@@ -377,9 +386,7 @@ impl Segment<'_> {
                     }
                     // Only after a request: hyper treats a fresh connection as busy until its
                     // first exchange is over, and would close it after that instead of parking.
-                    if state.in_flight.load(Ordering::Relaxed) == 0
-                        && state.requests.load(Ordering::Relaxed) != requests_before
-                    {
+                    if !busy && state.requests.load(Ordering::Relaxed) != requests_before {
                         closing = true;
                         Pin::new(&mut conn).graceful_shutdown();
                         // Idle, hyper closes at once without writing. If it does not, it was

@@ -37,8 +37,8 @@ use conn::{Connection, Serving};
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// A client must send a request's complete headers within this time, and an idle
-    /// keep-alive connection is closed after it (hyper applies its header-read timer to the
-    /// wait for the next request too). Bounds slowloris clients.
+    /// keep-alive connection is closed after it: the wait for the next request and its head
+    /// count together, across parks (see `conn`). Bounds slowloris clients.
     pub header_read_timeout: Duration,
     /// TCP connect to an upstream; past it the request gets 504.
     pub upstream_connect_timeout: Duration,
