@@ -20,3 +20,5 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
 cargo test --doc --locked
+# Broken intra-doc links (the module docs are the map of the code) fail the run too.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --locked

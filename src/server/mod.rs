@@ -1,4 +1,4 @@
-//! The server: binds the listeners, accepts connections (served by [`conn`]: plain or TLS,
+//! The server: binds the listeners, accepts connections (served by `conn`: plain or TLS,
 //! HTTP/1.1 or HTTP/2, through `proxy::handle`), swaps the config on reload and drains on
 //! shutdown.
 //!

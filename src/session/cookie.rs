@@ -195,15 +195,7 @@ impl CookieCodec {
         Some(Verified { id, needs_resign: index != 0 })
     }
 
-    /// Finds the first cookie with the configured name across all `Cookie` headers (HTTP/2 may
-    /// send several; they count in order, as Node joins them) and verifies it. As in Remix,
-    /// only that first one counts: if it fails, there is no session.
-    ///
-    /// Parsing follows the `cookie` package Remix uses: pairs split at `;`, name and value
-    /// trimmed of spaces and tabs, pairs without `=` skipped, one pair of surrounding double
-    /// quotes removed from the value. Headers are read as bytes, so a header with non-UTF-8
-    /// bytes elsewhere still yields its session cookie (Node reads headers as Latin-1 and would
-    /// too). One pass over the headers, no allocation unless the value is percent-encoded.
+    /// The verified cookie of [`CookieCodec::read_cookie`], if any (tests' shorthand).
     #[cfg(test)]
     pub fn read(&self, headers: &HeaderMap) -> Option<Verified> {
         match self.read_cookie(headers) {
@@ -212,8 +204,16 @@ impl CookieCodec {
         }
     }
 
-    /// As [`CookieCodec::read`], but tells a missing cookie from one that failed
-    /// verification (for the `cookies_rejected` metric).
+    /// Finds the first cookie with the configured name across all `Cookie` headers (HTTP/2 may
+    /// send several; they count in order, as Node joins them) and verifies it, telling a
+    /// missing cookie from one that failed verification (for the `cookies_rejected` metric).
+    /// As in Remix, only that first one counts: if it fails, there is no session.
+    ///
+    /// Parsing follows the `cookie` package Remix uses: pairs split at `;`, name and value
+    /// trimmed of spaces and tabs, pairs without `=` skipped, one pair of surrounding double
+    /// quotes removed from the value. Headers are read as bytes, so a header with non-UTF-8
+    /// bytes elsewhere still yields its session cookie (Node reads headers as Latin-1 and would
+    /// too). One pass over the headers, no allocation unless the value is percent-encoded.
     pub fn read_cookie(&self, headers: &HeaderMap) -> CookieRead {
         let name = self.name.as_bytes();
         for header in headers.get_all(COOKIE) {
