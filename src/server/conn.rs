@@ -58,8 +58,8 @@ const BUSY_CHECK_MAX: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface a client with prior knowledge opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What every connection of one server shares: the app, the protocol builders, the limits
-/// and the shutdown signal.
+/// What every connection of one server shares: the app, the protocol builders, the TLS
+/// acceptor and the limits.
 pub(super) struct Serving {
     pub shared: Arc<Shared>,
     pub http1: http1::Builder,
@@ -311,6 +311,8 @@ enum Ended<S> {
     Done,
 }
 
+/// One hyper connection on the socket, from a park (or the start) to the next (see the
+/// module docs).
 struct Segment<'a> {
     serving: &'a Serving,
     state: &'a Arc<ConnState>,
@@ -333,7 +335,6 @@ impl Segment<'_> {
             let client_ip = client_ip.clone();
             service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
-                let state = state.clone();
                 let client_ip = client_ip.clone();
                 state.requests.fetch_add(1, Ordering::Relaxed);
                 state.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -343,7 +344,7 @@ impl Segment<'_> {
                 // Boxed: hyper keeps the slot for a connection's request future for the
                 // connection's whole life, and `handle`'s future is tens of KiB.
                 Box::pin(async move {
-                    let resp = proxy::handle(shared, req, &client_ip, Some(&state.handover)).await;
+                    let resp = proxy::handle(shared, req, &client_ip, Some(&guard.0.handover)).await;
                     Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _guard: guard }))
                 })
             })
