@@ -19,7 +19,7 @@ use crate::server::{App, Shared};
 use crate::session::{protocol, Loaded, SaveError, SessionEvent, StoreCalls};
 use body::{BodyWatch, ProxyBody, RequestBodyError, UpstreamBody};
 use headers::X_REQUEST_ID;
-use upgrade::{ClientUpgrade, Handover};
+use upgrade::Handover;
 
 /// What one request did, for its access-log line.
 struct Outcome {
@@ -30,7 +30,8 @@ struct Outcome {
     upstream_time: Option<Duration>,
 }
 
-/// Handles one client request. Never fails: every error becomes a response.
+/// Handles one client request. Never fails: every error becomes a response. `handover` is the
+/// HTTP/1 connection's, for upgrades; `None` on HTTP/2, which has none.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -120,7 +121,9 @@ async fn forward(
 
     // Hop-by-hop headers go before the session header is added: a client listing
     // `x-session` in `Connection` must not make the proxy drop the session it sets.
-    let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+    // Upgrades exist on HTTP/1.1 only, whose connections pass their handover.
+    let upgrade =
+        handover.is_some() && req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     headers::remove_hop_by_hop(req.headers_mut(), upgrade);
 
     // Request side of the session seam.
@@ -153,7 +156,7 @@ async fn forward(
         None
     };
 
-    let client_upgrade = upgrade.then(|| ClientUpgrade::take(&mut req, handover));
+    let client_upgrade = handover.filter(|_| upgrade).map(Handover::expect);
     let Ok((upstream_req, body_watch)) =
         build_upstream_request(shared, req, route, client_ip, host.as_ref(), request_id)
     else {

@@ -22,8 +22,9 @@ type Socket = Box<dyn ClientIo>;
 pub(crate) struct Handover(Mutex<Option<oneshot::Sender<Socket>>>);
 
 impl Handover {
-    /// The request's side: the socket arrives here when the connection gives it.
-    fn expect(&self) -> oneshot::Receiver<Socket> {
+    /// The request's side, before the request goes on: the socket arrives here when the
+    /// connection gives it.
+    pub(crate) fn expect(&self) -> oneshot::Receiver<Socket> {
         let (tx, rx) = oneshot::channel();
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
@@ -36,43 +37,14 @@ impl Handover {
     }
 }
 
-/// The client's side of an upgrade.
-pub(crate) enum ClientUpgrade {
-    /// hyper's own upgrade (HTTP/1 connections hyper ends itself).
-    Hyper(OnUpgrade),
-    /// The socket handed over by the connection.
-    Handover(oneshot::Receiver<Socket>),
-}
-
-impl ClientUpgrade {
-    /// Takes the client's upgrade from `req`, before the request goes on.
-    pub(crate) fn take<B>(req: &mut http::Request<B>, handover: Option<&Handover>) -> ClientUpgrade {
-        match handover {
-            Some(h) => ClientUpgrade::Handover(h.expect()),
-            None => ClientUpgrade::Hyper(hyper::upgrade::on(req)),
-        }
-    }
-
-    async fn socket(self) -> Result<Socket, String> {
-        match self {
-            ClientUpgrade::Hyper(on) => match on.await {
-                Ok(upgraded) => Ok(Box::new(TokioIo::new(upgraded))),
-                Err(e) => Err(e.to_string()),
-            },
-            ClientUpgrade::Handover(rx) => {
-                rx.await.map_err(|_| "the client connection ended before switching".to_owned())
-            }
-        }
-    }
-}
-
 /// Joins the client's and the upstream's upgraded connections in a task of their own. Both
-/// upgrades must be taken (`ClientUpgrade::take`, `hyper::upgrade::on`) before the 101 goes to
-/// the client.
-pub(crate) fn tunnel(client: ClientUpgrade, upstream: OnUpgrade, request_id: HeaderValue) {
+/// must be taken (`Handover::expect`, `hyper::upgrade::on`) before the 101 goes to the client.
+pub(crate) fn tunnel(client: oneshot::Receiver<Socket>, upstream: OnUpgrade, request_id: HeaderValue) {
     tokio::spawn(async move {
+        let client =
+            async { client.await.map_err(|_| "the client connection ended before switching".to_owned()) };
         let upstream = async { upstream.await.map_err(|e| e.to_string()) };
-        let (mut client, upstream) = match tokio::try_join!(client.socket(), upstream) {
+        let (mut client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), error = %e, "upgrade failed");
