@@ -128,28 +128,27 @@ impl Connection {
         metrics.connection_closed();
     }
 
-    async fn serve_plain(mut self, stream: TcpStream) {
+    async fn serve_plain(mut self, mut stream: TcpStream) {
         // Nothing of hyper's is allocated until the client has spoken and said which protocol.
         // Every stage is boxed, each in a statement of its own, so that the task itself stays
         // a few hundred bytes and a parked connection holds little more.
-        let head_deadline = Instant::now() + self.serving.limits.header_read_timeout;
-        let sniff = Box::pin(sniff_h2(stream, self.serving.limits.header_read_timeout, &mut self.shutdown));
-        let (stream, sniffed) = sniff.await;
-        match sniffed {
-            Some(Ok(Ok((true, prefix)))) => {
+        let limit = self.serving.limits.header_read_timeout;
+        let head_deadline = Instant::now() + limit;
+        let sniff = Box::pin(sniff(&mut stream, limit, &mut self.shutdown));
+        match sniff.await {
+            Sniffed::Http2(prefix) => {
                 let h2 = Box::pin(self.serve_http2(Rewind::new(stream, prefix)));
                 h2.await
             }
-            Some(Ok(Ok((false, prefix)))) if !prefix.is_empty() => {
+            Sniffed::Http1(prefix) => {
                 let h1 = Box::pin(self.serve_http1(stream, prefix, Some(head_deadline)));
                 h1.await
             }
-            Some(Ok(Ok(_))) => {} // closed before a byte
-            Some(Ok(Err(e))) => tracing::debug!(peer = %self.peer, error = %e, "client connection failed"),
-            Some(Err(_)) => {
+            Sniffed::Closed | Sniffed::ShuttingDown => {}
+            Sniffed::Failed(e) => tracing::debug!(peer = %self.peer, error = %e, "client connection failed"),
+            Sniffed::TimedOut => {
                 tracing::debug!(peer = %self.peer, "client sent no request within the header read timeout")
             }
-            None => {} // shutting down
         }
     }
 
@@ -252,33 +251,46 @@ async fn shutting_down(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stopping| *stopping).await;
 }
 
-/// Reads until the bytes read are, or cannot be, the HTTP/2 preface, within `limit` and unless
-/// the server shuts down first. Returns whether they are and the bytes read (empty when the
-/// client closed without sending any).
-async fn sniff_h2(
-    mut stream: TcpStream,
-    limit: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> (TcpStream, Option<Result<io::Result<(bool, Bytes)>, tokio::time::error::Elapsed>>) {
-    let sniffed = tokio::select! {
-        r = tokio::time::timeout(limit, read_preface(&mut stream)) => Some(r),
-        () = shutting_down(shutdown) => None,
-    };
-    (stream, sniffed)
+/// What the first bytes of a plain connection said.
+#[derive(Debug)]
+enum Sniffed {
+    /// The HTTP/2 preface (prior knowledge), and the bytes read.
+    Http2(Bytes),
+    /// Anything else, and the bytes read (enough to tell, at least one).
+    Http1(Bytes),
+    /// Closed before a byte.
+    Closed,
+    Failed(io::Error),
+    /// Nothing to tell by within the header read timeout.
+    TimedOut,
+    ShuttingDown,
 }
 
-async fn read_preface(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+/// Reads until the bytes read are, or cannot be, the HTTP/2 preface, within `limit` and unless
+/// the server shuts down first.
+async fn sniff(stream: &mut TcpStream, limit: Duration, shutdown: &mut watch::Receiver<bool>) -> Sniffed {
+    tokio::select! {
+        r = tokio::time::timeout(limit, read_preface(stream)) => match r {
+            Ok(Ok(sniffed)) => sniffed,
+            Ok(Err(e)) => Sniffed::Failed(e),
+            Err(_) => Sniffed::TimedOut,
+        },
+        () = shutting_down(shutdown) => Sniffed::ShuttingDown,
+    }
+}
+
+async fn read_preface(stream: &mut TcpStream) -> io::Result<Sniffed> {
     let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
-            return Ok((false, buf.freeze()));
+            return Ok(if buf.is_empty() { Sniffed::Closed } else { Sniffed::Http1(buf.freeze()) });
         }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
-            return Ok((false, buf.freeze()));
+            return Ok(Sniffed::Http1(buf.freeze()));
         }
         if n == H2_PREFACE.len() {
-            return Ok((true, buf.freeze()));
+            return Ok(Sniffed::Http2(buf.freeze()));
         }
     }
 }
@@ -597,10 +609,19 @@ mod tests {
                 c
             });
             let (mut s, _) = listener.accept().await.unwrap();
-            let (is_h2, read) = read_preface(&mut s).await.unwrap();
-            assert_eq!(is_h2, h2, "{sent:?}");
+            let read = match read_preface(&mut s).await.unwrap() {
+                Sniffed::Http2(read) if h2 => read,
+                Sniffed::Http1(read) if !h2 => read,
+                other => panic!("{sent:?} sniffed as {other:?}"),
+            };
             assert!(sent.starts_with(&read) && !read.is_empty(), "{sent:?} read {read:?}");
             drop(client.await.unwrap());
         }
+        // A client that closes without a byte.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut s, _) = listener.accept().await.unwrap();
+        drop(client);
+        assert!(matches!(read_preface(&mut s).await.unwrap(), Sniffed::Closed));
     }
 }
