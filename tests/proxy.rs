@@ -358,6 +358,17 @@ async fn slow_headers_are_cut_by_the_header_read_timeout() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
+    finishes_in_flight_request_on_shutdown(client()).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_http2_requests() {
+    finishes_in_flight_request_on_shutdown(h2_client()).await;
+}
+
+async fn finishes_in_flight_request_on_shutdown(
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+) {
     let up = upstream(|_req| async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Response::new(full("done"))
@@ -366,11 +377,15 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let mut proxy =
         start_proxy(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", up.url()))
             .await;
-    let url = proxy.url("/slow");
-    let in_flight = tokio::spawn(async move { get(&url).await });
+    let req = Request::get(proxy.url("/slow")).body(empty()).unwrap();
+    let in_flight = tokio::spawn(async move {
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopped = proxy.begin_shutdown();
-    let (status, _, body) = in_flight.await.unwrap();
+    let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, "done");
     tokio::time::timeout(Duration::from_secs(10), stopped).await.unwrap().unwrap();
