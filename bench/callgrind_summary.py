@@ -35,6 +35,19 @@ def component(name):
     return seg
 
 
+NAME_RE = re.compile(r"^\((\d+)\)(?: (.*))?$")
+
+
+def function_id(text, names):
+    """The id of a compressed `(id) name` reference, remembering the name on first use."""
+    m = NAME_RE.match(text)
+    if not m:
+        return None
+    if m.group(2):
+        names[m.group(1)] = m.group(2)
+    return m.group(1)
+
+
 def main():
     path, requests = sys.argv[1], max(int(sys.argv[2]), 1)
     names = {}
@@ -46,7 +59,6 @@ def main():
     fn = cfn = None
     after_calls = False
     total = 0
-    name_re = re.compile(r"^\((\d+)\)(?: (.*))?$")
     for line in open(path, errors="replace"):
         line = line.rstrip("\n")
         if not line:
@@ -66,18 +78,10 @@ def main():
                 total += cost
             continue
         if line.startswith("fn="):
-            m = name_re.match(line[3:])
-            if m:
-                fn = m.group(1)
-                if m.group(2):
-                    names[fn] = m.group(2)
+            fn = function_id(line[3:], names) or fn
             continue
         if line.startswith("cfn="):
-            m = name_re.match(line[4:])
-            if m:
-                cfn = m.group(1)
-                if m.group(2):
-                    names[cfn] = m.group(2)
+            cfn = function_id(line[4:], names) or cfn
             continue
         if line.startswith("calls="):
             n = int(line[6:].split()[0])
@@ -95,11 +99,11 @@ def main():
     for f, v in self_cost.items():
         comp[component(nm(f))] += v
     print("self cost by component (Ir per request, share):")
-    for k, v in sorted(comp.items(), key=lambda kv: -kv[1])[:20]:
+    for k, v in sorted(comp.items(), key=lambda kv: (-kv[1], kv[0]))[:20]:
         print(f"  {v / requests:10,.0f}  {100 * v / total:5.1f}%  {k}")
     print()
     print("calls per request of the allocator and copy functions:")
-    for f, n in sorted(calls_to.items(), key=lambda kv: -kv[1]):
+    for f, n in sorted(calls_to.items(), key=lambda kv: (-kv[1], kv[0])):
         name = nm(f)
         if name in ("malloc", "free", "realloc", "calloc", "posix_memalign") or COPY.match(name):
             print(f"  {n / requests:8.1f}  {name}")
@@ -107,19 +111,19 @@ def main():
     print("who calls memcpy/memmove, malloc and free (calls and Ir per request, top callers):")
     for pattern in (COPY, re.compile(r"^malloc$"), re.compile(r"^free$")):
         rows = [(nm(a), c, v) for (a, b), (c, v) in edges.items() if pattern.match(nm(b)) and not COPY.match(nm(a))]
-        rows.sort(key=lambda r: -r[2])
+        rows.sort(key=lambda r: (-r[2], r[0]))
         for caller, c, v in rows[:12]:
             print(f"  {c / requests:6.1f} calls {v / requests:8,.0f} Ir  {caller[:150]}")
         print()
     print(f"top {TOP} functions by self cost (Ir per request, share):")
-    for f, v in sorted(self_cost.items(), key=lambda kv: -kv[1])[:TOP]:
+    for f, v in sorted(self_cost.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]:
         print(f"  {v / requests:9,.0f}  {100 * v / total:5.1f}%  {nm(f)[:160]}")
     print()
     print(f"top {TOP} functions by inclusive cost, outside the runtime's poll loop (Ir per request):")
     incl = {f: self_cost.get(f, 0) + call_cost.get(f, 0) for f in set(self_cost) | set(call_cost)}
-    skip = re.compile(r"^(tokio::runtime|std::|core::ops::function|<std::|clone$|start_thread|\(below main\)|<core::future|<futures_util::future::future::Map|<tokio::|core::future|<hyper_util::server::graceful|hyper_util::server::graceful|0x)")
+    skip = re.compile(r"^(tokio::runtime|std::|core::ops::function|<std::|clone$|start_thread|\(below main\)|<core::future|<futures_util::future::future::Map|<tokio::|core::future|0x)")
     shown = 0
-    for f, v in sorted(incl.items(), key=lambda kv: -kv[1]):
+    for f, v in sorted(incl.items(), key=lambda kv: (-kv[1], kv[0])):
         if skip.match(nm(f)):
             continue
         print(f"  {v / requests:9,.0f}  {100 * v / total:5.1f}%  {nm(f)[:160]}")
@@ -128,7 +132,7 @@ def main():
             break
     print()
     print("session_proxy's own functions, inclusive (Ir per request):")
-    for f, v in sorted(incl.items(), key=lambda kv: -kv[1]):
+    for f, v in sorted(incl.items(), key=lambda kv: (-kv[1], kv[0])):
         if "session_proxy::" in nm(f):
             print(f"  {v / requests:9,.0f}  {100 * v / total:5.1f}%  {nm(f)[:160]}")
 
