@@ -799,16 +799,6 @@ mod tests {
 
         proptest! {
             #[test]
-            fn every_valid_id_round_trips(id in any::<String>()) {
-                let c = codec(&["s3cr3t", "old"]);
-                let expected = is_valid_id(&id).then(|| Verified { id: id.clone(), needs_resign: false });
-                prop_assert_eq!(c.verify(&c.sign(&id)), expected.clone());
-                let set = c.set_cookie(&id);
-                let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
-                prop_assert_eq!(c.read(&cookie_headers(&[&pair])), expected);
-            }
-
-            #[test]
             fn arbitrary_cookie_headers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
                 let c = codec(&["s3cr3t"]);
                 if let Ok(value) = HeaderValue::from_bytes(&bytes) {
