@@ -5,8 +5,9 @@
 //!
 //! - [`config`]: `proxy.toml` → validated runtime types (`${VAR}` expansion, unknown keys
 //!   rejected).
-//! - [`server`]: listeners, reload, graceful shutdown; `server::conn` serves one connection
-//!   (TLS, HTTP/1.1 or HTTP/2) and parks idle HTTP/1 keep-alive connections without buffers.
+//! - [`server`]: listeners, the worker threads (one single-threaded runtime per core), reload,
+//!   graceful shutdown; `server::conn` serves one connection (TLS, HTTP/1.1 or HTTP/2) and
+//!   parks idle HTTP/1 keep-alive connections without buffers.
 //! - `route`: which `[[route]]` a request goes to.
 //! - `proxy`: forwarding to the upstream, hop-by-hop headers, upgrades, timeouts, and the
 //!   status code of every failure.

@@ -48,7 +48,9 @@ fn main() -> ExitCode {
     // One process-wide rustls provider, in case a dependency builds a config without naming one.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // This runtime accepts connections, handles signals, reloads and the admin listener; the
+    // requests are served by the server's own worker threads, one runtime per core.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");

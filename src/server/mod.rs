@@ -1,5 +1,6 @@
-//! The server: binds the listeners, accepts connections (served by `conn`: plain or TLS,
-//! HTTP/1.1 or HTTP/2, through `proxy::handle`), swaps the config on reload and drains on
+//! The server: binds the listeners, accepts connections and deals them to the worker threads
+//! (`workers`: one single-threaded runtime per core), where `conn` serves them (plain or TLS,
+//! HTTP/1.1 or HTTP/2, through `proxy::handle`); swaps the config on reload and drains on
 //! shutdown.
 //!
 //! Like mini-redis, [`Server::bind`] returns a value whose addresses tests can read (bind to
@@ -16,10 +17,11 @@ use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin;
+use crate::config::StoreConfig;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::proxy::body::UpstreamBody;
@@ -29,8 +31,10 @@ use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
 
 mod conn;
+mod workers;
 
 use conn::{Connection, Serving};
+use workers::Workers;
 
 /// Timeouts and limits that are not in `proxy.toml`. The defaults suit production; tests
 /// shorten them.
@@ -55,6 +59,9 @@ pub struct Limits {
     /// aborted and the client gets 408. Bounds clients that stop in the middle of a body
     /// (hyper has no body timeout; `upstream_timeout_ms` starts only after the body).
     pub body_idle_timeout: Duration,
+    /// Worker threads, each with its own single-threaded runtime, upstream pool and Redis
+    /// connections. Default: one per core the process may use.
+    pub workers: usize,
 }
 
 /// 10 s is plenty for a real client to send its headers and short for a slowloris.
@@ -80,6 +87,7 @@ impl Default for Limits {
             http2_keep_alive: DEFAULT_HTTP2_KEEP_ALIVE,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            workers: workers::default_count(),
         }
     }
 }
@@ -91,6 +99,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("session store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
 }
@@ -123,18 +133,22 @@ impl App {
     }
 }
 
-/// What every connection shares.
+/// What every connection of one worker shares. The app, the metrics and the draining flag are
+/// the same for all workers; the upstream pool and the store connections are the worker's own.
 pub(crate) struct Shared {
-    pub app: ArcSwap<App>,
-    /// Pooled keep-alive HTTP/1.1 client to the upstreams.
+    /// One for the whole server: a reload swaps it for every worker at once.
+    pub app: Arc<ArcSwap<App>>,
+    /// Pooled keep-alive HTTP/1.1 client to the upstreams; its connections live on this
+    /// worker.
     pub client: Client<HttpConnector, UpstreamBody>,
+    /// This worker's Redis connections (or the one shared memory store).
     pub store: Store,
     pub metrics: Arc<Metrics>,
     /// Whether clients reach us over HTTPS (for `X-Forwarded-Proto`).
     pub https: bool,
     /// Set once shutdown begins: `/readyz` then answers 503 so a load balancer stops sending
     /// new requests while the in-flight ones finish.
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
     /// [`Limits::body_idle_timeout`], for every request body sent upstream.
     pub body_idle_timeout: Duration,
 }
@@ -144,13 +158,16 @@ pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
     tls: Option<Tls>,
-    shared: Arc<Shared>,
+    workers: Workers,
+    /// One per worker, in the workers' order.
+    shared: Vec<Arc<Shared>>,
     limits: Limits,
     reloader: Reloader,
 }
 
 impl Server {
-    /// Binds the listeners and builds the store (which starts even while Redis is down).
+    /// Binds the listeners, starts the worker threads and builds the store (which starts even
+    /// while Redis is down).
     pub async fn bind(config: Config, limits: Limits) -> Result<Server, StartError> {
         let tls = match &config.server.tls {
             Some(files) => Some(Tls::load(files)?),
@@ -161,29 +178,28 @@ impl Server {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let store = Store::connect(&config.store).await?;
+        let workers = Workers::start(limits.workers).map_err(StartError::Workers)?;
+        let stores = connect_stores(&config.store, &workers).await?;
         let metrics = Arc::new(Metrics::new());
-
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(limits.upstream_pool_idle_timeout)
-            .build(connector);
-
-        let shared = Arc::new(Shared {
-            app: ArcSwap::from_pointee(App::new(&config, &metrics)),
-            client,
-            store,
-            metrics,
-            https: tls.is_some(),
-            draining: AtomicBool::new(false),
-            body_idle_timeout: limits.body_idle_timeout,
-        });
+        let app = Arc::new(ArcSwap::from_pointee(App::new(&config, &metrics)));
+        let draining = Arc::new(AtomicBool::new(false));
+        let shared: Vec<Arc<Shared>> = stores
+            .into_iter()
+            .map(|store| {
+                Arc::new(Shared {
+                    app: app.clone(),
+                    client: upstream_client(&limits),
+                    store,
+                    metrics: metrics.clone(),
+                    https: tls.is_some(),
+                    draining: draining.clone(),
+                    body_idle_timeout: limits.body_idle_timeout,
+                })
+            })
+            .collect();
         let reloader =
-            Reloader { shared: shared.clone(), tls: tls.clone(), current: Arc::new(Mutex::new(config)) };
-        Ok(Server { listener, admin, tls, shared, limits, reloader })
+            Reloader { shared: shared[0].clone(), tls: tls.clone(), current: Arc::new(Mutex::new(config)) };
+        Ok(Server { listener, admin, tls, workers, shared, limits, reloader })
     }
 
     /// The address the proxy listens on (useful with port 0).
@@ -204,23 +220,33 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// within `shutdown_grace_ms` (as last reloaded), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, admin, tls, shared, limits, reloader } = self;
+        let Server { listener, admin, tls, workers, shared, limits, reloader } = self;
         let tls = tls.map(|t| t.acceptor());
-        let serving = Arc::new(Serving::new(shared.clone(), tls, limits));
+        let servings: Vec<Arc<Serving>> =
+            shared.iter().map(|s| Arc::new(Serving::new(s.clone(), tls.clone(), limits.clone()))).collect();
         // Every connection holds a receiver; the drain ends when the last one is dropped.
         let (stop, stopping) = watch::channel(false);
         let (admin_stop, admin_stopped) = watch::channel(false);
-        let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stopped)));
+        // The admin listener and `/readyz`'s PING run here, on the caller's runtime, with the
+        // first worker's store.
+        let admin_task = admin.map(|l| tokio::spawn(admin::serve(l, shared[0].clone(), admin_stopped)));
 
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = serving.tls.is_some(), "listening");
+        tracing::info!(
+            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = tls.is_some(),
+            workers = workers.len(),
+            "listening"
+        );
         tokio::pin!(shutdown);
+        let mut next = 0;
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let conn = Connection { serving: serving.clone(), shutdown: stopping.clone(), peer };
-                        tokio::spawn(conn.serve(stream));
+                        let conn = Connection { serving: servings[next].clone(), shutdown: stopping.clone(), peer };
+                        deal(&workers, next, stream, conn);
+                        next = (next + 1) % workers.len();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -232,7 +258,7 @@ impl Server {
         }
         drop(listener);
         drop(stopping);
-        shared.draining.store(true, Ordering::Relaxed);
+        reloader.shared.draining.store(true, Ordering::Relaxed);
         let shutdown_grace = reloader.shutdown_grace();
         tracing::info!(
             connections = stop.receiver_count(),
@@ -248,8 +274,79 @@ impl Server {
         if let Some(task) = admin_task {
             let _ = task.await;
         }
-        shared.store.shutdown().await;
+        // Each worker closes its own store connections, on its own runtime; then the workers
+        // stop, dropping what is left (connections past the grace, idle upstream connections).
+        let closing: Vec<_> = shared
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let s = s.clone();
+                workers.spawn(index, async move { s.store.shutdown().await })
+            })
+            .collect();
+        for task in closing {
+            let _ = task.await;
+        }
+        drop(servings);
+        drop(shared);
+        let _ = tokio::task::spawn_blocking(move || workers.stop_and_join()).await;
     }
+}
+
+/// Hands an accepted connection to worker `index`, which registers the socket with its own
+/// reactor and serves it.
+fn deal(workers: &Workers, index: usize, stream: TcpStream, conn: Connection) {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand the connection to a worker");
+            return;
+        }
+    };
+    workers.spawn(index, async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => conn.serve(stream).await,
+            Err(e) => tracing::warn!(error = %e, "worker cannot register the connection"),
+        }
+    });
+}
+
+/// One store per worker, each connected on its worker's runtime, so that a request's store
+/// calls never leave its thread. `store.pool_size` is the number of Redis connections in all,
+/// dealt over the workers, at least one each. The memory store is one map that all share.
+async fn connect_stores(cfg: &StoreConfig, workers: &Workers) -> Result<Vec<Store>, StartError> {
+    let count = workers.len();
+    let mut stores: Vec<Store> = Vec::with_capacity(count);
+    for index in 0..count {
+        if let Some(Store::Memory(memory)) = stores.first() {
+            stores.push(Store::Memory(memory.clone()));
+            continue;
+        }
+        let cfg = worker_store_config(cfg, index, count);
+        let store = workers
+            .spawn(index, async move { Store::connect(&cfg).await })
+            .await
+            .map_err(|e| StartError::Workers(workers::stopped(e)))??;
+        stores.push(store);
+    }
+    Ok(stores)
+}
+
+/// Worker `index`'s share of `store.pool_size` (at least one connection).
+fn worker_store_config(cfg: &StoreConfig, index: usize, workers: usize) -> StoreConfig {
+    let share = cfg.pool_size / workers + usize::from(index < cfg.pool_size % workers);
+    StoreConfig { pool_size: share.max(1), ..cfg.clone() }
+}
+
+/// A worker's pooled keep-alive client to the upstreams.
+fn upstream_client(limits: &Limits) -> Client<HttpConnector, UpstreamBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(limits.upstream_pool_idle_timeout)
+        .build(connector)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -327,5 +424,31 @@ impl Reloader {
     /// `server.shutdown_grace_ms` as last loaded.
     fn shutdown_grace(&self) -> Duration {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).server.shutdown_grace
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreUrl;
+
+    fn shares(pool_size: usize, workers: usize) -> Vec<usize> {
+        let cfg = StoreConfig {
+            url: StoreUrl::Memory,
+            key_prefix: "_session:".to_owned(),
+            ca_file: None,
+            timeout: Duration::from_secs(1),
+            pool_size,
+        };
+        (0..workers).map(|index| worker_store_config(&cfg, index, workers).pool_size).collect()
+    }
+
+    #[test]
+    fn the_pool_is_dealt_over_the_workers_at_least_one_each() {
+        assert_eq!(shares(2, 2), [1, 1]);
+        assert_eq!(shares(2, 1), [2]);
+        assert_eq!(shares(5, 2), [3, 2]);
+        assert_eq!(shares(4, 3), [2, 1, 1]);
+        assert_eq!(shares(1, 4), [1, 1, 1, 1]);
     }
 }

@@ -1,0 +1,120 @@
+//! Thread per core: the acceptor deals connections round-robin over the worker threads, each
+//! with its own upstream pool and Redis connections. Whichever worker serves a request, it sees
+//! the same sessions; `store.pool_size` is the number of Redis connections in all (at least one
+//! per worker), and shutdown closes every worker's.
+//!
+//! No timed assertions: waits are bounded polls.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use session_proxy::Limits;
+
+const WORKERS: usize = 3;
+/// Redis connections in all: dealt 2, 1, 1 over the three workers.
+const POOL_SIZE: usize = 4;
+/// Fresh connections after the one that made the session: round-robin dealing puts at least
+/// two on every worker.
+const READERS: usize = 2 * WORKERS;
+/// How long Redis connections may take to open or close.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(20);
+
+/// An upstream that sets `{"who": V}` when the request carries `x-test-set: V`, and answers
+/// with the session it was given.
+async fn session_upstream() -> Upstream {
+    upstream(|req: Request<Incoming>| async move {
+        let given = req.headers().get("x-session").map(|v| v.to_str().unwrap_or("?").to_owned());
+        let mut resp = Response::new(full(given.unwrap_or_default()));
+        if let Some(who) = req.headers().get("x-test-set") {
+            let update = format!("{{\"who\":\"{}\"}}", who.to_str().unwrap_or("?"));
+            resp.headers_mut().insert("x-session-update", update.parse().unwrap());
+        }
+        resp
+    })
+    .await
+}
+
+fn proxy_toml(up: &Upstream, store: &str) -> String {
+    format!("{store}\n[[route]]\nprefix = \"/\"\nupstream = \"{}\"\n", up.url())
+}
+
+fn limits() -> Limits {
+    Limits { workers: WORKERS, ..Limits::default() }
+}
+
+/// Makes a session on one connection, then reads it on [`READERS`] fresh connections (so on
+/// every worker): each must see it.
+async fn session_seen_by_every_worker(proxy: &TestProxy) {
+    let req = Request::get(proxy.url("/")).header("x-test-set", "alice").body(empty()).unwrap();
+    let (status, headers, _) = send(req).await;
+    assert_eq!(status, 200);
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+
+    for reader in 0..READERS {
+        // `send` builds a new client, so every request is a new connection.
+        let req = Request::get(proxy.url("/")).header("cookie", &cookie).body(empty()).unwrap();
+        let (status, _, body) = send(req).await;
+        assert_eq!(status, 200, "reader {reader}");
+        assert_eq!(body, r#"{"who":"alice"}"#, "reader {reader} (a fresh connection) lost the session");
+    }
+}
+
+#[tokio::test]
+async fn the_memory_store_is_one_store_for_all_workers() {
+    let up = session_upstream().await;
+    let proxy = start_proxy_with(config(&proxy_toml(&up, "[store]\nurl = \"memory://\"")), limits()).await;
+    session_seen_by_every_worker(&proxy).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_connections_are_dealt_over_the_workers_and_closed_at_shutdown() {
+    let redis = RedisServer::start();
+    let store = format!("[store]\nurl = \"{}\"\npool_size = {POOL_SIZE}", redis.url());
+    let up = session_upstream().await;
+    let proxy = start_proxy_with(config(&proxy_toml(&up, &store)), limits()).await;
+
+    session_seen_by_every_worker(&proxy).await;
+    assert_eq!(redis.cli(&["DBSIZE"]), "1", "one session, whichever worker wrote or read it");
+    // `CLIENT LIST` counts redis-cli's own connection too.
+    wait_for_clients(&redis, POOL_SIZE + 1).await;
+
+    proxy.shutdown().await;
+    wait_for_clients(&redis, 1).await;
+}
+
+#[tokio::test]
+async fn a_pool_smaller_than_the_workers_still_gives_each_worker_a_connection() {
+    let redis = RedisServer::start();
+    let store = format!("[store]\nurl = \"{}\"\npool_size = 1", redis.url());
+    let up = session_upstream().await;
+    let proxy = start_proxy_with(config(&proxy_toml(&up, &store)), limits()).await;
+
+    session_seen_by_every_worker(&proxy).await;
+    wait_for_clients(&redis, WORKERS + 1).await;
+    proxy.shutdown().await;
+    wait_for_clients(&redis, 1).await;
+}
+
+/// Polls `CLIENT LIST` until it has exactly `expected` connections.
+async fn wait_for_clients(redis: &RedisServer, expected: usize) {
+    let started = Instant::now();
+    loop {
+        let clients = redis.cli(&["CLIENT", "LIST"]).lines().count();
+        if clients == expected {
+            return;
+        }
+        assert!(started.elapsed() < SETTLE_DEADLINE, "redis has {clients} connections, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
