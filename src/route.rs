@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 
 use crate::config::RouteConfig;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -19,8 +19,6 @@ pub(crate) struct Route {
     pub prefix: String,
     /// Lowercased host without port; `None` matches every host.
     pub host: Option<String>,
-    /// Upstream scheme (always `http`), kept so the forwarded URI is built without parsing.
-    pub scheme: Scheme,
     /// Upstream `host:port`.
     pub authority: Authority,
     /// Whether requests on this route carry a session.
@@ -45,7 +43,6 @@ impl RouteTable {
                 Arc::new(Route {
                     prefix: c.prefix.clone(),
                     host: c.host.clone(),
-                    scheme: c.upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
                     authority: c
                         .upstream
                         .authority()

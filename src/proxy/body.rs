@@ -16,9 +16,11 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use super::client::PooledBody;
+
 /// What the proxy sends to clients: the upstream's streamed body, or a small body of its own
 /// (errors, 404). `Either` avoids boxing on the hot path.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// A short local response body.
 pub(crate) fn local(text: &'static str) -> ProxyBody {

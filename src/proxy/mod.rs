@@ -2,6 +2,7 @@
 //! back. Every failure maps to one status code here (404, 502, 503, 504).
 
 pub(crate) mod body;
+pub(crate) mod client;
 pub(crate) mod headers;
 pub(crate) mod upgrade;
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
@@ -18,6 +20,7 @@ use crate::route::{self, Route};
 use crate::server::{App, Shared};
 use crate::session::{protocol, Loaded, SaveError, SessionEvent, StoreCalls};
 use body::{BodyWatch, ProxyBody, RequestBodyError, UpstreamBody};
+use client::{PooledBody, UpstreamError};
 use headers::X_REQUEST_ID;
 use upgrade::Handover;
 
@@ -157,14 +160,12 @@ async fn forward(
     };
 
     let client_upgrade = handover.filter(|_| upgrade).map(Handover::expect);
-    let Ok((upstream_req, body_watch)) =
-        build_upstream_request(shared, req, route, client_ip, host.as_ref(), request_id)
-    else {
-        return status_response(StatusCode::BAD_REQUEST, "400 Bad Request\n");
-    };
+    let (upstream_req, body_watch) =
+        build_upstream_request(shared, req, route, client_ip, host.as_ref(), request_id);
 
     let upstream_start = Instant::now();
-    let result = send_with_timeout(shared, upstream_req, body_watch, app.upstream_timeout).await;
+    let result =
+        send_with_timeout(shared, upstream_req, &route.authority, body_watch, app.upstream_timeout).await;
     out.upstream_time = Some(upstream_start.elapsed());
     let mut resp = match result {
         Ok(resp) => resp,
@@ -219,9 +220,9 @@ async fn forward(
 
 type UpstreamRequest = (Request<UpstreamBody>, BodyWatch);
 
-/// The request as the upstream gets it: absolute URI on the route's upstream, HTTP/1.1,
-/// forwarding headers and request id set, `Host` kept. The caller has already removed the
-/// hop-by-hop headers.
+/// The request as the upstream gets it: origin-form target (the route's path, stripped if
+/// configured), HTTP/1.1, forwarding headers and request id set, `Host` kept. The caller has
+/// already removed the hop-by-hop headers.
 fn build_upstream_request(
     shared: &Shared,
     req: Request<Incoming>,
@@ -229,16 +230,10 @@ fn build_upstream_request(
     client_ip: &HeaderValue,
     host: Option<&HeaderValue>,
     request_id: &HeaderValue,
-) -> Result<UpstreamRequest, http::Error> {
+) -> UpstreamRequest {
     let path = route::upstream_path(route, req.uri().path_and_query());
-    let uri = Uri::builder()
-        .scheme(route.scheme.clone())
-        .authority(route.authority.clone())
-        .path_and_query(path)
-        .build()?;
-
     let (mut parts, body) = req.into_parts();
-    parts.uri = uri;
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     // The server's extensions (connection info, upgrade handles) mean nothing upstream.
     parts.extensions = http::Extensions::new();
@@ -250,7 +245,7 @@ fn build_upstream_request(
     }
     h.insert(&X_REQUEST_ID, request_id.clone());
     let (body, watch) = UpstreamBody::new(body, shared.body_idle_timeout);
-    Ok((Request::from_parts(parts, body), watch))
+    (Request::from_parts(parts, body), watch)
 }
 
 /// Why forwarding failed: the status to answer and, for the log line, why.
@@ -266,10 +261,11 @@ struct UpstreamFailure {
 async fn send_with_timeout(
     shared: &Shared,
     req: Request<UpstreamBody>,
+    upstream: &Authority,
     body: BodyWatch,
     timeout: Duration,
-) -> Result<Response<Incoming>, UpstreamFailure> {
-    let response = shared.client.request(req);
+) -> Result<Response<PooledBody>, UpstreamFailure> {
+    let response = shared.client.send(req, upstream);
     let BodyWatch { sent, stall } = body;
     let deadline = async {
         tokio::select! {
@@ -293,7 +289,7 @@ async fn send_with_timeout(
         res = response => res.map_err(|e| {
             let status = if client_body_idle(&e) {
                 StatusCode::REQUEST_TIMEOUT
-            } else if is_timeout(&e) {
+            } else if e.is_timeout() || is_timeout(&e) {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
                 StatusCode::BAD_GATEWAY
@@ -309,7 +305,7 @@ async fn send_with_timeout(
 }
 
 /// The request failed because the client stopped sending its body (not the upstream's fault).
-fn client_body_idle(e: &hyper_util::client::legacy::Error) -> bool {
+fn client_body_idle(e: &UpstreamError) -> bool {
     let mut source = e.source();
     while let Some(s) = source {
         if matches!(s.downcast_ref::<RequestBodyError>(), Some(RequestBodyError::Idle(_))) {
@@ -320,8 +316,9 @@ fn client_body_idle(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// A connect that timed out is a 504 like a slow response; anything else is a 502.
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+/// A connect that timed out (here or in the kernel) is a 504 like a slow response; anything
+/// else is a 502.
+fn is_timeout(e: &UpstreamError) -> bool {
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {

@@ -14,9 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -24,7 +21,7 @@ use crate::admin;
 use crate::config::StoreConfig;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::proxy::body::UpstreamBody;
+use crate::proxy::client::UpstreamClient;
 use crate::route::RouteTable;
 use crate::session::SessionLayer;
 use crate::store::{Store, StoreError};
@@ -140,7 +137,7 @@ pub(crate) struct Shared {
     pub app: Arc<ArcSwap<App>>,
     /// Pooled keep-alive HTTP/1.1 client to the upstreams; its connections live on this
     /// worker.
-    pub client: Client<HttpConnector, UpstreamBody>,
+    pub client: UpstreamClient,
     /// This worker's Redis connections (or the one shared memory store).
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -188,7 +185,10 @@ impl Server {
             .map(|store| {
                 Arc::new(Shared {
                     app: app.clone(),
-                    client: upstream_client(&limits),
+                    client: UpstreamClient::new(
+                        limits.upstream_connect_timeout,
+                        limits.upstream_pool_idle_timeout,
+                    ),
                     store,
                     metrics: metrics.clone(),
                     https: tls.is_some(),
@@ -336,17 +336,6 @@ async fn connect_stores(cfg: &StoreConfig, workers: &Workers) -> Result<Vec<Stor
 fn worker_store_config(cfg: &StoreConfig, index: usize, workers: usize) -> StoreConfig {
     let share = cfg.pool_size / workers + usize::from(index < cfg.pool_size % workers);
     StoreConfig { pool_size: share.max(1), ..cfg.clone() }
-}
-
-/// A worker's pooled keep-alive client to the upstreams.
-fn upstream_client(limits: &Limits) -> Client<HttpConnector, UpstreamBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(limits.upstream_pool_idle_timeout)
-        .build(connector)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -1,0 +1,290 @@
+//! The client to the upstreams: HTTP/1.1 keep-alive connections (hyper's `client::conn`),
+//! pooled per upstream, one pool per worker thread.
+//!
+//! It does what the proxy needs of hyper-util's legacy client and no more: no DNS cache, no
+//! proxies, no HTTP/2, no pool key hashing, and no task per request to hand the connection
+//! back (hyper-util spawns one to wait until the connection is ready again). A connection goes
+//! back to the pool when its response body has been read to the end, from the body itself.
+//!
+//! Kept from hyper-util: a request that a reused connection closed before taking it (the
+//! upstream timed out the idle connection as the request came) is sent again on another
+//! connection; a request a connection took is never sent twice. Idle connections close after
+//! the idle timeout; connects are bounded by the connect timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::UpstreamBody;
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(Authority),
+    #[error("connect to {0}: {1}")]
+    Connect(Authority, #[source] io::Error),
+    #[error("HTTP/1.1 handshake with {0}: {1}")]
+    Handshake(Authority, #[source] hyper::Error),
+    /// The connection failed while sending the request or reading the response head
+    /// (refused mid-way, reset, garbage, a request body that failed).
+    #[error("{0}")]
+    Send(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Timeouts answer 504; everything else 502 (or 408 when the client's body stalled).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, UpstreamError::ConnectTimeout(_))
+    }
+}
+
+/// One worker's pooled client. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub(crate) struct UpstreamClient {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    /// Idle connections by upstream. A short list searched in order: a proxy has a handful
+    /// of upstreams, and comparing a few authorities is cheaper than hashing one.
+    idle: Mutex<Vec<IdleHost>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    /// The sweeper that closes expired idle connections, started with the first connection
+    /// (on the worker's runtime, which the constructor may not run on).
+    sweeper_started: AtomicBool,
+}
+
+struct IdleHost {
+    authority: Authority,
+    /// Most recently used last: reuse the warmest connection, let the coldest expire.
+    conns: Vec<Idle>,
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl UpstreamClient {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+        UpstreamClient {
+            pool: Arc::new(Pool {
+                idle: Mutex::new(Vec::new()),
+                connect_timeout,
+                idle_timeout,
+                sweeper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Sends `req` (origin-form target) to `authority` on an idle connection, or a new one. The response body hands the
+    /// connection back to the pool when read to the end.
+    pub async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+        authority: &Authority,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        prepare(&mut req, authority);
+        while let Some(mut sender) = self.pool.checkout(authority) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pooled(resp, sender, authority)),
+                Err(mut e) => match e.take_message() {
+                    // Closed before it took the request: nothing was sent, try the next one.
+                    Some(unsent) => req = unsent,
+                    None => return Err(UpstreamError::Send(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(authority).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.pooled(resp, sender, authority)),
+            Err(e) => Err(UpstreamError::Send(e)),
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        self.pool.start_sweeper();
+        let addr = (
+            authority.host().trim_start_matches('[').trim_end_matches(']'),
+            authority.port_u16().unwrap_or(80),
+        );
+        let stream = match tokio::time::timeout(self.pool.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(UpstreamError::Connect(authority.clone(), e)),
+            Err(_) => return Err(UpstreamError::ConnectTimeout(authority.clone())),
+        };
+        // Small request heads: do not let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Handshake(authority.clone(), e))?;
+        // The connection runs as its own task on this worker; it ends when the upstream closes
+        // it, or when its sender is dropped with nothing in flight (expired, or unusable).
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn pooled(
+        &self,
+        resp: Response<Incoming>,
+        sender: SendRequest<UpstreamBody>,
+        authority: &Authority,
+    ) -> Response<PooledBody> {
+        // After a 101 the connection belongs to the upgrade; it never goes back.
+        let reuse = resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+        resp.map(|inner| {
+            let mut body = PooledBody {
+                inner,
+                release: reuse.then(|| Release {
+                    pool: self.pool.clone(),
+                    authority: authority.clone(),
+                    sender,
+                }),
+            };
+            if body.inner.is_end_stream() {
+                body.release();
+            }
+            body
+        })
+    }
+}
+
+/// What hyper's `client::conn` leaves to the caller, as hyper-util did it: CONNECT names the
+/// upstream in authority form (other requests come in origin form), and a request without a
+/// `Host` (HTTP/1.0) gets the upstream's.
+fn prepare(req: &mut Request<UpstreamBody>, authority: &Authority) {
+    if req.method() == Method::CONNECT {
+        *req.uri_mut() = Uri::from(authority.clone());
+    }
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Vec<IdleHost>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection to `authority` that is ready for a request.
+    /// Closed and expired ones are dropped on the way; one still busy (its request body not
+    /// yet sent in full) stays for later.
+    fn checkout(&self, authority: &Authority) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.lock();
+        let host = idle.iter_mut().find(|h| h.authority == *authority)?;
+        let now = Instant::now();
+        let idle_timeout = self.idle_timeout;
+        host.conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout);
+        let ready = host.conns.iter().rposition(|c| c.sender.is_ready())?;
+        Some(host.conns.remove(ready).sender)
+    }
+
+    fn put_back(&self, authority: Authority, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let conn = Idle { sender, since: Instant::now() };
+        let mut idle = self.lock();
+        match idle.iter_mut().find(|h| h.authority == authority) {
+            Some(host) => host.conns.push(conn),
+            None => idle.push(IdleHost { authority, conns: vec![conn] }),
+        }
+    }
+
+    /// Closes expired and closed idle connections every idle timeout, even when no request
+    /// comes to notice them; ends with the pool.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeper_started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let every = self.idle_timeout;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
+                let mut idle = pool.lock();
+                for host in idle.iter_mut() {
+                    host.conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < every);
+                }
+                idle.retain(|h| !h.conns.is_empty());
+            }
+        });
+    }
+}
+
+/// The connection an upstream response came on, handed back when its body is done.
+struct Release {
+    pool: Arc<Pool>,
+    authority: Authority,
+    sender: SendRequest<UpstreamBody>,
+}
+
+/// An upstream response body. Read to its end, it gives its connection back to the pool;
+/// dropped before, or failed, it takes the connection with it (hyper then closes it: an
+/// HTTP/1 connection with an unread body cannot carry another request).
+pub(crate) struct PooledBody {
+    inner: Incoming,
+    release: Option<Release>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some(Release { pool, authority, sender }) = self.release.take() {
+            pool.put_back(authority, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.release = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
