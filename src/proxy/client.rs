@@ -194,7 +194,7 @@ impl Pool {
     /// yet sent in full) stays for later.
     fn checkout(&self, authority: &Authority) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.lock();
-        let host = idle.iter_mut().find(|h| h.authority == *authority)?;
+        let host = idle.iter_mut().find(|h| same_upstream(&h.authority, authority))?;
         let now = Instant::now();
         let idle_timeout = self.idle_timeout;
         host.conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout);
@@ -208,7 +208,7 @@ impl Pool {
         }
         let conn = Idle { sender, since: Instant::now() };
         let mut idle = self.lock();
-        match idle.iter_mut().find(|h| h.authority == authority) {
+        match idle.iter_mut().find(|h| same_upstream(&h.authority, &authority)) {
             Some(host) => host.conns.push(conn),
             None => idle.push(IdleHost { authority, conns: vec![conn] }),
         }
@@ -237,6 +237,13 @@ impl Pool {
             }
         });
     }
+}
+
+/// Byte equality: every request names its upstream by the route's one `Authority`, so the
+/// case-insensitive comparison of `Authority::eq` would only cost time (a differently cased
+/// duplicate would at worst get a pool entry of its own).
+fn same_upstream(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str()
 }
 
 /// The connection an upstream response came on, handed back when its body is done.
