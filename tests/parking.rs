@@ -28,13 +28,18 @@ fn routes(upstream: &str) -> String {
 }
 
 async fn parked(proxy: &TestProxy) -> f64 {
+    metric(proxy, PARKED).await
+}
+
+/// One unlabelled metric's value from `/metrics` (0 when absent).
+async fn metric(proxy: &TestProxy, name: &str) -> f64 {
     let (_, _, body) = get(&proxy.admin_url("/metrics")).await;
     let metrics: HashMap<&str, f64> = body
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k, v.parse().ok()?))))
         .collect();
-    metrics.get(PARKED).copied().unwrap_or(0.0)
+    metrics.get(name).copied().unwrap_or(0.0)
 }
 
 /// Waits (up to 10 s) until the gauge reads `want`.
@@ -307,5 +312,34 @@ async fn shutdown_closes_parked_connections_at_once() {
     for mut c in idle {
         let rest = c.until_closed().await;
         assert!(rest.is_empty(), "closed without a byte: {:?}", String::from_utf8_lossy(&rest));
+    }
+}
+
+#[tokio::test]
+async fn a_crowd_of_parked_connections_has_its_freed_memory_given_back() {
+    // More than the trimmer's threshold (256 parks since the last trim).
+    const CROWD: usize = 300;
+    const TRIMS: &str = "session_proxy_memory_trims_total";
+    let app = echo_upstream("app").await;
+    let proxy = start_proxy(&routes(&app.url())).await;
+    assert_eq!(metric(&proxy, TRIMS).await, 0.0);
+
+    let mut idle = Vec::with_capacity(CROWD);
+    for _ in 0..CROWD {
+        let mut c = Raw::connect(proxy.addr).await;
+        c.get("/").await;
+        idle.push(c);
+    }
+    wait_parked(&proxy, CROWD as f64).await;
+    for _ in 0..200 {
+        if metric(&proxy, TRIMS).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&proxy, TRIMS).await >= 1.0, "{CROWD} parks and no trim");
+    // The crowd is still served after the trim.
+    for c in idle.iter_mut().take(10) {
+        c.get("/").await;
     }
 }
