@@ -42,7 +42,7 @@
 # Fairness on 2 cores: wrk, the upstream, Redis and the proxy all share the machine's cores.
 # By default nothing is pinned: every proxy meets the same scheduler and the same competitors
 # (wrk's 2 threads, the upstream's workers, Redis), and every proxy is configured to use every
-# core (nginx `worker_processes auto`, one Node worker per core, tokio's default one worker
+# core (nginx `worker_processes auto`, one Node worker per core, session-proxy's one worker
 # thread per core). WRK_CPUS / PROXY_CPUS (taskset CPU lists, e.g. 0 and 1) pin wrk and the
 # proxies under test (2-6; the upstream nginx and Redis are never pinned) if you want to try a
 # split; the results file records what was used.
