@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::server::{Shared, ACCEPT_ERROR_BACKOFF};
+use crate::store::Store;
 
 /// Admin clients are probes and scrapers; they get the same slowloris bound as the public side.
 const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,8 +31,14 @@ const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// `_total` conventions).
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves the admin endpoints until `stop` turns true.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Serves the admin endpoints until `stop` turns true. `stores` are every worker's store:
+/// `/readyz` is ready only when each of them answers.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stores: Arc<[Store]>,
+    mut stop: watch::Receiver<bool>,
+) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "admin listening");
     }
@@ -48,10 +55,12 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
             _ = stop.changed() => return,
         };
         let shared = shared.clone();
+        let stores = stores.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                let stores = stores.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &stores, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -62,7 +71,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
     }
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, stores: &[Store], req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -70,7 +79,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => readyz(shared).await,
+        "/readyz" => readyz(shared, stores).await,
         "/metrics" => {
             let mut resp = text(StatusCode::OK, shared.metrics.encode());
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
@@ -80,18 +89,19 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
     }
 }
 
-/// 200 while the store answers a PING. The PING is bounded by the store timeout (a stalled
-/// Redis gives 503 after `store.timeout_ms`, never a hung probe); it is timed and its errors
-/// counted like any store command, so the metrics show an outage even without traffic.
-async fn readyz(shared: &Shared) -> Response<Full<Bytes>> {
+/// 200 while the store answers a PING on every worker's connections (at once, so one probe
+/// takes one round trip). The PING is bounded by the store timeout (a stalled Redis gives 503
+/// after `store.timeout_ms`, never a hung probe); it is timed and its errors counted like any
+/// store command, so the metrics show an outage even without traffic.
+async fn readyz(shared: &Shared, stores: &[Store]) -> Response<Full<Bytes>> {
     if shared.draining.load(Ordering::Relaxed) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n".into());
     }
     let start = Instant::now();
-    let result = shared.store.ping().await;
+    let pings = futures_util::future::join_all(stores.iter().map(Store::ping)).await;
     shared.metrics.store_command("ping", start.elapsed());
-    match result {
-        Ok(()) => text(StatusCode::OK, "ready\n".into()),
+    match pings.into_iter().collect::<Result<Vec<()>, _>>() {
+        Ok(_) => text(StatusCode::OK, "ready\n".into()),
         Err(e) => {
             shared.metrics.store_error(&e);
             text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: session store: {e}\n"))

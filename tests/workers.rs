@@ -118,3 +118,37 @@ async fn wait_for_clients(redis: &RedisServer, expected: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn readyz_pings_every_workers_store() {
+    let redis = RedisServer::start();
+    let up = session_upstream().await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}",
+        proxy_toml(&up, &format!("[store]\nurl = \"{}\"\npool_size = {POOL_SIZE}", redis.url()))
+    );
+    let proxy = start_proxy_with(config(&toml), limits()).await;
+    let started = Instant::now();
+    while get(&proxy.admin_url("/readyz")).await.0 != 200 {
+        assert!(started.elapsed() < SETTLE_DEADLINE, "/readyz never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(redis.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    const PROBES: usize = 4;
+    for _ in 0..PROBES {
+        let (status, _, body) = get(&proxy.admin_url("/readyz")).await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ready\n"));
+    }
+    // At least one PING per worker and probe (fred may add one of its own while a pooled
+    // connection finishes its set-up).
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(calls >= WORKERS * PROBES, "{PROBES} probes of {WORKERS} workers sent {calls} PINGs");
+    proxy.shutdown().await;
+}

@@ -93,8 +93,8 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req` (origin-form target) to `authority` on an idle connection, or a new one. The response body hands the
-    /// connection back to the pool when read to the end.
+    /// Sends `req` (origin-form target) to `authority` on an idle connection, or a new one.
+    /// The response body hands the connection back to the pool when read to the end.
     pub async fn send(
         &self,
         mut req: Request<UpstreamBody>,
@@ -223,7 +223,8 @@ impl Pool {
         let pool: Weak<Pool> = Arc::downgrade(self);
         let every = self.idle_timeout;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            // `interval` refuses a zero period; a zero idle timeout only means nothing is kept.
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;

@@ -229,10 +229,11 @@ impl Server {
         let (stop, stopping) = watch::channel(false);
         // Stops the admin listener and the memory trimmer once the drain is over.
         let (background_stop, background_stopped) = watch::channel(false);
-        // The admin listener and `/readyz`'s PING run here, on the caller's runtime, with the
-        // first worker's store.
-        let admin_task =
-            admin.map(|l| tokio::spawn(admin::serve(l, shared[0].clone(), background_stopped.clone())));
+        // The admin listener runs here, on the caller's runtime; `/readyz` pings every
+        // worker's store.
+        let stores: Arc<[Store]> = shared.iter().map(|s| s.store.clone()).collect();
+        let admin_task = admin
+            .map(|l| tokio::spawn(admin::serve(l, shared[0].clone(), stores, background_stopped.clone())));
         let trim_task = tokio::spawn(trim::run(shared[0].metrics.clone(), background_stopped));
 
         tracing::info!(
