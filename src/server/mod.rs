@@ -18,8 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin;
-use crate::config::StoreConfig;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StoreConfig};
 use crate::metrics::Metrics;
 use crate::proxy::client::UpstreamClient;
 use crate::route::RouteTable;
@@ -263,7 +262,8 @@ impl Server {
         }
         drop(listener);
         drop(stopping);
-        reloader.shared.draining.store(true, Ordering::Relaxed);
+        // One flag for all workers (and `/readyz`).
+        shared[0].draining.store(true, Ordering::Relaxed);
         let shutdown_grace = reloader.shutdown_grace();
         tracing::info!(
             connections = stop.receiver_count(),
