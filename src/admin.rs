@@ -100,9 +100,9 @@ async fn readyz(shared: &Shared, stores: &[Store]) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let pings = futures_util::future::join_all(stores.iter().map(Store::ping)).await;
     shared.metrics.store_command("ping", start.elapsed());
-    match pings.into_iter().collect::<Result<Vec<()>, _>>() {
-        Ok(_) => text(StatusCode::OK, "ready\n".into()),
-        Err(e) => {
+    match pings.into_iter().find_map(Result::err) {
+        None => text(StatusCode::OK, "ready\n".into()),
+        Some(e) => {
             shared.metrics.store_error(&e);
             text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: session store: {e}\n"))
         }

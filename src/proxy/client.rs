@@ -47,9 +47,21 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Timeouts answer 504; everything else 502 (or 408 when the client's body stalled).
+    /// A connect that timed out, here or in the kernel (`ETIMEDOUT` anywhere in the chain),
+    /// answers 504 like a slow response; everything else 502 (or 408 when the client's body
+    /// stalled).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, UpstreamError::ConnectTimeout(_))
+        if matches!(self, UpstreamError::ConnectTimeout(_)) {
+            return true;
+        }
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            if s.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
+                return true;
+            }
+            source = s.source();
+        }
+        false
     }
 }
 

@@ -289,7 +289,7 @@ async fn send_with_timeout(
         res = response => res.map_err(|e| {
             let status = if client_body_idle(&e) {
                 StatusCode::REQUEST_TIMEOUT
-            } else if e.is_timeout() || is_timeout(&e) {
+            } else if e.is_timeout() {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
                 StatusCode::BAD_GATEWAY
@@ -310,21 +310,6 @@ fn client_body_idle(e: &UpstreamError) -> bool {
     while let Some(s) = source {
         if matches!(s.downcast_ref::<RequestBodyError>(), Some(RequestBodyError::Idle(_))) {
             return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// A connect that timed out (here or in the kernel) is a 504 like a slow response; anything
-/// else is a 502.
-fn is_timeout(e: &UpstreamError) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
         }
         source = s.source();
     }

@@ -66,9 +66,7 @@ impl Workers {
     /// Stops every worker (their remaining tasks are dropped) and waits for the threads to end.
     /// Blocks: call it from `spawn_blocking` in async code.
     pub fn stop_and_join(mut self) {
-        for worker in &mut self.workers {
-            worker.stop.take();
-        }
+        self.signal_stop();
         for worker in &mut self.workers {
             if let Some(thread) = worker.thread.take() {
                 let _ = thread.join();
@@ -102,13 +100,19 @@ impl Worker {
     }
 }
 
+impl Workers {
+    fn signal_stop(&mut self) {
+        for worker in &mut self.workers {
+            worker.stop.take();
+        }
+    }
+}
+
 impl Drop for Workers {
     /// Signals the threads without waiting: a `Server` dropped without running (or a panic)
     /// must not block its caller's runtime.
     fn drop(&mut self) {
-        for worker in &mut self.workers {
-            worker.stop.take();
-        }
+        self.signal_stop();
     }
 }
 
