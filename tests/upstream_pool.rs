@@ -1,7 +1,8 @@
 //! The upstream connection pool (`proxy::client`): keep-alive connections are reused, a
 //! connection the upstream closed while idle never costs a request, a response its client
-//! abandoned never puts its connection back, and idle connections close after the idle
-//! timeout with no request to notice them.
+//! abandoned never puts its connection back, idle connections close after the idle timeout
+//! with no request to notice them, a connect that never completes gets 504 at the connect
+//! timeout, and a request without `Host` gets the upstream's.
 //!
 //! The proxies here run one worker, so every request meets the same pool. No timed
 //! assertions: waits are bounded polls.
@@ -145,5 +146,48 @@ async fn idle_connections_close_after_the_idle_timeout() {
     // And the next request opens a new one.
     sequential_ok(&proxy, 1).await;
     assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_without_host_gets_the_upstreams() {
+    // HTTP/1.0 allows a request without `Host`; the upstream speaks HTTP/1.1 and needs one.
+    let app = echo_upstream("app").await;
+    let proxy = start_proxy_with(config(&plain_route(&app.url())), one_worker()).await;
+    let answer = raw(proxy.addr, b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert_eq!(echoed(body, "host"), Some(app.addr.to_string().as_str()), "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connect_that_times_out_gets_504() {
+    // A listener that never accepts, its backlog filled: the kernel drops further SYNs, so a
+    // connect neither succeeds nor is refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        // Those past the backlog stay pending; that is the point.
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            fillers.push(s);
+        }
+    }
+
+    let limits = Limits { upstream_connect_timeout: Duration::from_millis(300), ..one_worker() };
+    // The upstream timeout is far longer, so only the connect timeout can answer in time.
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nupstream_timeout_ms = 60000\n{}",
+        plain_route(&format!("http://{addr}"))
+    );
+    let proxy = start_proxy_with(config(&toml), limits).await;
+    let (status, _, _) = tokio::time::timeout(DEADLINE, get(&proxy.url("/")))
+        .await
+        .expect("a connect that never completes must end at the connect timeout");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    drop(listener);
     proxy.shutdown().await;
 }
