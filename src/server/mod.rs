@@ -293,8 +293,6 @@ impl Server {
         for task in closing {
             let _ = task.await;
         }
-        drop(servings);
-        drop(shared);
         let _ = tokio::task::spawn_blocking(move || workers.stop_and_join()).await;
     }
 }
