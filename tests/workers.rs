@@ -79,31 +79,32 @@ async fn the_memory_store_is_one_store_for_all_workers() {
 
 #[tokio::test]
 async fn redis_connections_are_dealt_over_the_workers_and_closed_at_shutdown() {
+    redis_connections_per_worker(POOL_SIZE, POOL_SIZE).await;
+}
+
+#[tokio::test]
+async fn a_pool_smaller_than_the_workers_still_gives_each_worker_a_connection() {
+    redis_connections_per_worker(1, WORKERS).await;
+}
+
+/// With `store.pool_size = pool_size`, sessions work on every worker over `expected` Redis
+/// connections in all, and shutdown closes every one.
+async fn redis_connections_per_worker(pool_size: usize, expected: usize) {
     let redis = RedisServer::start();
-    let store = format!("[store]\nurl = \"{}\"\npool_size = {POOL_SIZE}", redis.url());
     let up = session_upstream().await;
-    let proxy = start_proxy_with(config(&proxy_toml(&up, &store)), limits()).await;
+    let proxy = start_proxy_with(config(&proxy_toml(&up, &redis_store(&redis, pool_size))), limits()).await;
 
     session_seen_by_every_worker(&proxy).await;
     assert_eq!(redis.cli(&["DBSIZE"]), "1", "one session, whichever worker wrote or read it");
     // `CLIENT LIST` counts redis-cli's own connection too.
-    wait_for_clients(&redis, POOL_SIZE + 1).await;
+    wait_for_clients(&redis, expected + 1).await;
 
     proxy.shutdown().await;
     wait_for_clients(&redis, 1).await;
 }
 
-#[tokio::test]
-async fn a_pool_smaller_than_the_workers_still_gives_each_worker_a_connection() {
-    let redis = RedisServer::start();
-    let store = format!("[store]\nurl = \"{}\"\npool_size = 1", redis.url());
-    let up = session_upstream().await;
-    let proxy = start_proxy_with(config(&proxy_toml(&up, &store)), limits()).await;
-
-    session_seen_by_every_worker(&proxy).await;
-    wait_for_clients(&redis, WORKERS + 1).await;
-    proxy.shutdown().await;
-    wait_for_clients(&redis, 1).await;
+fn redis_store(redis: &RedisServer, pool_size: usize) -> String {
+    format!("[store]\nurl = \"{}\"\npool_size = {pool_size}", redis.url())
 }
 
 /// Polls `CLIENT LIST` until it has exactly `expected` connections.
@@ -125,7 +126,7 @@ async fn readyz_pings_every_workers_store() {
     let up = session_upstream().await;
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}",
-        proxy_toml(&up, &format!("[store]\nurl = \"{}\"\npool_size = {POOL_SIZE}", redis.url()))
+        proxy_toml(&up, &redis_store(&redis, POOL_SIZE))
     );
     let proxy = start_proxy_with(config(&toml), limits()).await;
     let started = Instant::now();
