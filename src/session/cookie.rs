@@ -6,7 +6,14 @@
 //! `value = payload + "." + base64(HMAC-SHA256(secret, payload))` without trailing `=`, then
 //! `encodeURIComponent` in `Set-Cookie`. Everything that depends only on the config (HMAC keys,
 //! attribute text, the clearing header) is built once in [`CookieCodec::new`].
+//!
+//! A session's cookie comes back unchanged on every request, and checking it (HMAC, two base64
+//! decodes, JSON, the id rules) is a tenth of a session request's CPU, so each thread remembers
+//! the values it verified lately ([`RecentlyVerified`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::alphabet;
@@ -85,6 +92,9 @@ impl std::fmt::Debug for Verified {
 
 /// Signs, verifies, reads and writes the session cookie. Build once per config.
 pub struct CookieCodec {
+    /// Tells this codec's entries in [`RecentlyVerified`] from those of every other codec
+    /// (another config generation may have other secrets).
+    generation: u64,
     /// One key per configured secret, in order: the first signs, every one verifies.
     keys: Vec<hmac::Key>,
     /// The cookie name, compared byte for byte with names in `Cookie` headers.
@@ -146,6 +156,7 @@ impl CookieCodec {
         let clear = HeaderValue::try_from(clear).unwrap_or_else(|_| HeaderValue::from_static(""));
 
         CookieCodec {
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
             keys,
             name,
             max_age_attr: format!("; Max-Age={}; Expires=", cfg.max_age),
@@ -239,17 +250,23 @@ impl CookieCodec {
         CookieRead::Absent
     }
 
-    /// Decodes and verifies the raw (still percent-encoded) value of our cookie.
+    /// Decodes and verifies the raw (still percent-encoded) value of our cookie, or finds it
+    /// among the values this thread verified lately.
     fn read_value(&self, raw: &[u8]) -> Option<Verified> {
         if raw.is_empty() || raw.len() > MAX_COOKIE_VALUE_BYTES {
             return None;
         }
-        if raw.contains(&b'%') {
+        if let Some(known) = RecentlyVerified::lookup(self.generation, raw) {
+            return Some(known);
+        }
+        let verified = if raw.contains(&b'%') {
             let decoded = decode_uri_component(raw)?;
             self.verify(&decoded)
         } else {
             self.verify(std::str::from_utf8(raw).ok()?)
-        }
+        }?;
+        RecentlyVerified::remember(self.generation, raw, &verified);
+        Some(verified)
     }
 
     /// The complete `Set-Cookie` value for `id`: signed with the first secret,
@@ -276,6 +293,59 @@ impl CookieCodec {
     /// match on those) and the same flags, empty value, `Max-Age=0` and an `Expires` in 1970.
     pub fn clear_cookie(&self) -> HeaderValue {
         self.clear.clone()
+    }
+}
+
+/// Source of [`CookieCodec::generation`].
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Raw cookie values one codec verified on this thread lately, and what they carry.
+const RECENTLY_VERIFIED_MAX: usize = 4096;
+
+thread_local! {
+    static RECENTLY_VERIFIED: RefCell<RecentlyVerified> = RefCell::new(RecentlyVerified::default());
+}
+
+/// Cookie values (as received, still percent-encoded) that passed [`CookieCodec::verify`] on
+/// this thread, with the id and rotation flag they carried. Verification depends only on the
+/// value and the codec's secrets, so a value seen again verifies the same way; entries belong
+/// to one codec (`generation`) and are dropped when another codec asks.
+///
+/// - Per thread: each worker runtime is one thread, so no lock is shared between workers.
+/// - Only values that verified are kept: a client cannot fill it with made-up cookies, only
+///   with cookies the proxy signed. At [`RECENTLY_VERIFIED_MAX`] entries (about 1 MiB) it
+///   starts over empty.
+/// - Lookups hash the value with a per-map random key (std's `RandomState`) before any byte
+///   comparison, so how long a forged value takes to miss says nothing about stored ones.
+#[derive(Default)]
+struct RecentlyVerified {
+    generation: u64,
+    entries: HashMap<Box<[u8]>, Verified>,
+}
+
+impl RecentlyVerified {
+    fn lookup(generation: u64, raw: &[u8]) -> Option<Verified> {
+        RECENTLY_VERIFIED.with_borrow(|cache| {
+            if cache.generation != generation {
+                return None;
+            }
+            cache.entries.get(raw).cloned()
+        })
+    }
+
+    fn remember(generation: u64, raw: &[u8], verified: &Verified) {
+        RECENTLY_VERIFIED.with_borrow_mut(|cache| {
+            if cache.generation != generation || cache.entries.len() >= RECENTLY_VERIFIED_MAX {
+                cache.generation = generation;
+                cache.entries = HashMap::new();
+            }
+            cache.entries.insert(raw.into(), verified.clone());
+        });
+    }
+
+    #[cfg(test)]
+    fn len() -> usize {
+        RECENTLY_VERIFIED.with_borrow(|cache| cache.entries.len())
     }
 }
 
@@ -478,6 +548,57 @@ mod tests {
         assert!(rotated.sign(VECTOR_ID) != by_old);
         // A secret that was dropped no longer verifies.
         assert_eq!(codec(&["new"]).verify(&by_old), None);
+    }
+
+    /// The value as a request's `Cookie` header carries it (percent-encoded).
+    fn cookie_for(c: &CookieCodec, id: &str) -> HeaderMap {
+        let set = c.set_cookie(id);
+        cookie_headers(&[set.to_str().unwrap().split(';').next().unwrap()])
+    }
+
+    #[test]
+    fn a_remembered_cookie_counts_only_for_the_codec_that_verified_it() {
+        // A thread of its own: the cache is per thread.
+        std::thread::spawn(|| {
+            let old = codec(&["old"]);
+            let headers = cookie_for(&old, VECTOR_ID);
+            assert_eq!(old.read(&headers), verified(VECTOR_ID, false));
+            assert_eq!(RecentlyVerified::len(), 1);
+            assert_eq!(old.read(&headers), verified(VECTOR_ID, false), "served from the cache");
+
+            // A reload with other secrets must not take the old codec's word for it.
+            assert_eq!(codec(&["new"]).read(&headers), None);
+            let rotated = codec(&["new", "old"]);
+            assert_eq!(rotated.read(&headers), verified(VECTOR_ID, true));
+            assert_eq!(rotated.read(&headers), verified(VECTOR_ID, true), "served from the cache");
+            assert_eq!(old.read(&headers), verified(VECTOR_ID, false));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn only_verified_cookies_are_remembered_and_only_so_many() {
+        std::thread::spawn(|| {
+            let c = codec(&["k"]);
+            let forged =
+                cookie_headers(&[&format!("__session={}x", &VECTOR_ENCODED[..VECTOR_ENCODED.len() - 1])]);
+            assert_eq!(c.read(&forged), None);
+            assert_eq!(c.read(&forged), None);
+            assert_eq!(RecentlyVerified::len(), 0);
+
+            let first = cookie_for(&c, "first");
+            assert_eq!(c.read(&first), verified("first", false));
+            for i in 0..RECENTLY_VERIFIED_MAX + 10 {
+                let id = format!("id-{i}");
+                assert_eq!(c.read(&cookie_for(&c, &id)), verified(&id, false));
+                assert!(RecentlyVerified::len() <= RECENTLY_VERIFIED_MAX);
+            }
+            // Forgotten when the cache started over, and verified again.
+            assert_eq!(c.read(&first), verified("first", false));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
