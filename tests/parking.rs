@@ -213,33 +213,43 @@ async fn the_idle_keep_alive_limit_runs_across_parks() {
 
     // The limit also covers the wait plus the next head: a client that stays quiet for most of
     // it and then trickles a head is cut when the limit has passed since its last response,
-    // although the segment that reads the head starts hyper's header timer anew. Without the
-    // proxy's own deadline the cut would come a whole limit later (2.0 s against 3.8 s here).
+    // although that head is read by a new segment. Without the proxy's own deadline the cut
+    // would come a whole limit later (2.0 s against 3.8 s here).
     let mut c = Raw::connect(proxy.addr).await;
     c.get("/").await;
     let answered = std::time::Instant::now();
     tokio::time::sleep(LIMIT * 9 / 10).await;
-    let mut s = c.s;
-    let head = format!("GET / HTTP/1.1\r\nHost: parking.test\r\nX-Pad: {}\r\n\r\n", "a".repeat(40));
-    let mut cut = false;
+    trickle_until_cut(c.s, Duration::from_millis(150)).await;
+    let after = answered.elapsed();
+    assert!(after < LIMIT * 3 / 2, "cut {after:?} after the last response; the limit is {LIMIT:?}");
+
+    // A head trickled right after a response, a byte every 50 ms, keeps the connection from
+    // parking: the segment that served the response cuts it at the limit.
+    let mut c = Raw::connect(proxy.addr).await;
+    c.get("/").await;
+    let answered = std::time::Instant::now();
+    trickle_until_cut(c.s, Duration::from_millis(50)).await;
+    let after = answered.elapsed();
+    assert!(after >= LIMIT, "cut {after:?} after the last response, before the limit of {LIMIT:?}");
+    assert!(after < LIMIT * 3 / 2, "cut {after:?} after the last response; the limit is {LIMIT:?}");
+}
+
+/// Sends a request head a byte at a time, `pause` apart, until the proxy closes the
+/// connection; panics if it answers or lets the whole head through.
+async fn trickle_until_cut(mut s: TcpStream, pause: Duration) {
+    let head = format!("GET / HTTP/1.1\r\nHost: parking.test\r\nX-Pad: {}\r\n\r\n", "a".repeat(80));
     for byte in head.as_bytes() {
         if s.write_all(std::slice::from_ref(byte)).await.is_err() {
-            cut = true;
-            break;
+            return;
         }
         let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_millis(150), s.read(&mut buf)).await {
+        match tokio::time::timeout(pause, s.read(&mut buf)).await {
             Err(_) => continue,
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                cut = true;
-                break;
-            }
+            Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => panic!("answered a trickled head: {:?}", String::from_utf8_lossy(&buf[..n])),
         }
     }
-    assert!(cut, "a head trickled after a park was never cut");
-    let after = answered.elapsed();
-    assert!(after < LIMIT * 3 / 2, "cut {after:?} after the last response; the limit is {LIMIT:?}");
+    panic!("a trickled head was never cut");
 }
 
 #[tokio::test]

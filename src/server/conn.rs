@@ -14,8 +14,11 @@
 //! segment picks up where the last one stopped, those bytes first. As nginx does between
 //! keep-alive requests.
 //!
-//! The idle keep-alive limit ([`Limits::header_read_timeout`]) runs across a park: it counts
-//! from the last sign of life of the previous request until the next request's head is in.
+//! The idle keep-alive limit ([`Limits::header_read_timeout`]) is the proxy's own, not hyper's
+//! (whose timer would cost a timer and an allocation per request and restart with each
+//! segment): the wait for a request's head counts from the end of the previous response (or
+//! the connection's start) and is checked by the segment's periodic check, and across a park
+//! by the parked connection's wait.
 //!
 //! Upgrades (WebSocket) on a segment are handed over by hand: hyper's own upgrade machinery
 //! needs the connection to end in a shutdown, so the request handler leaves a
@@ -72,8 +75,8 @@ impl Serving {
     pub fn new(shared: Arc<Shared>, tls: Option<tokio_rustls::TlsAcceptor>, limits: Limits) -> Serving {
         let mut http1 = http1::Builder::new();
         http1
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // Enforced by the segments instead (see the module docs).
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes.max(8192))
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
@@ -141,7 +144,7 @@ impl Connection {
                 h2.await
             }
             Sniffed::Http1(prefix) => {
-                let h1 = Box::pin(self.serve_http1(stream, prefix, Some(head_deadline)));
+                let h1 = Box::pin(self.serve_http1(stream, prefix, head_deadline));
                 h1.await
             }
             Sniffed::Closed | Sniffed::ShuttingDown => {}
@@ -164,7 +167,8 @@ impl Connection {
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             self.serve_http2(tls).await
         } else {
-            self.serve_http1(tls, Bytes::new(), None).await
+            let head_deadline = Instant::now() + self.serving.limits.header_read_timeout;
+            self.serve_http1(tls, Bytes::new(), head_deadline).await
         }
     }
 
@@ -199,15 +203,9 @@ impl Connection {
     }
 
     /// Serves an HTTP/1 connection in segments, parking it between them (see the module docs).
-    /// `head_deadline`: when the first request's head must be in, if the wait for it started
-    /// before hyper's own header timer (which starts with each segment).
-    async fn serve_http1<S: Socket>(
-        mut self,
-        mut socket: S,
-        mut unread: Bytes,
-        mut head_deadline: Option<Instant>,
-    ) {
-        let state = Arc::new(ConnState::default());
+    /// `head_deadline`: when the first request's head must be in.
+    async fn serve_http1<S: Socket>(mut self, mut socket: S, mut unread: Bytes, mut head_deadline: Instant) {
+        let state = Arc::new(ConnState::new());
         let client_ip = proxy::headers::client_ip(self.peer.ip());
         let limits = &self.serving.limits;
         loop {
@@ -226,7 +224,7 @@ impl Connection {
             unread = u;
             // The last sign of life of the segment's requests starts the wait for the next.
             let deadline = last_activity + limits.header_read_timeout;
-            head_deadline = Some(deadline);
+            head_deadline = deadline;
             if !unread.is_empty() {
                 continue; // part of the next request is already here
             }
@@ -296,7 +294,6 @@ async fn read_preface(stream: &mut TcpStream) -> io::Result<Sniffed> {
 }
 
 /// What a connection's segments share with its request handlers.
-#[derive(Default)]
 struct ConnState {
     /// Bytes read or written, and requests started: any change is a sign of life.
     activity: AtomicU64,
@@ -304,13 +301,39 @@ struct ConnState {
     in_flight: AtomicUsize,
     /// Requests started on the connection (to tell when the next head has arrived).
     requests: AtomicU64,
+    /// When the latest response body ended (so the wait for the next head began), in
+    /// microseconds since `start`.
+    idle_since_us: AtomicU64,
+    start: Instant,
     /// Where an upgraded request wants the socket.
     handover: Handover,
 }
 
 impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            activity: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since_us: AtomicU64::new(0),
+            start: Instant::now(),
+            handover: Handover::default(),
+        }
+    }
+
     fn touch(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn response_ended(&self) {
+        let since_start = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.idle_since_us.store(since_start, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.start + Duration::from_micros(self.idle_since_us.load(Ordering::Relaxed))
     }
 }
 
@@ -330,7 +353,8 @@ struct Segment<'a> {
     state: &'a Arc<ConnState>,
     client_ip: &'a http::HeaderValue,
     peer: SocketAddr,
-    head_deadline: Option<Instant>,
+    /// When the segment's first request head must be in.
+    head_deadline: Instant,
 }
 
 impl Segment<'_> {
@@ -368,7 +392,7 @@ impl Segment<'_> {
         let mut seen = state.activity.load(Ordering::Relaxed);
         let mut last_activity = Instant::now();
         let mut check_every = PARK_AFTER;
-        let check = tokio::time::sleep_until(last_activity + check_every);
+        let check = tokio::time::sleep_until((last_activity + check_every).min(head_deadline));
         tokio::pin!(check);
         let mut closing = false;
         let mut parking = false;
@@ -380,17 +404,24 @@ impl Segment<'_> {
                     Pin::new(&mut conn).graceful_shutdown();
                 }
                 () = &mut check, if !closing => {
-                    // The wait for a head that started before this segment is bounded across
-                    // parks (hyper's own header timer restarts with each segment).
-                    if head_deadline.is_some_and(|d| Instant::now() >= d)
-                        && state.requests.load(Ordering::Relaxed) == requests_before
-                    {
+                    let now = Instant::now();
+                    let busy = state.in_flight.load(Ordering::Relaxed) > 0;
+                    // Waiting for a head: since the segment began (a deadline that may have
+                    // started before it, across parks) or since the last response ended.
+                    let head_due = (!busy).then(|| {
+                        if state.requests.load(Ordering::Relaxed) == requests_before {
+                            head_deadline
+                        } else {
+                            state.idle_since() + serving.limits.header_read_timeout
+                        }
+                    });
+                    if head_due.is_some_and(|due| now >= due) {
                         tracing::debug!(peer = %peer, "no request head within the header read timeout; closing");
                         return Ended::Done;
                     }
-                    let busy = state.in_flight.load(Ordering::Relaxed) > 0;
                     check_every = if busy { (check_every * 2).min(BUSY_CHECK_MAX) } else { PARK_AFTER };
-                    check.as_mut().reset(Instant::now() + check_every);
+                    let next = now + check_every;
+                    check.as_mut().reset(head_due.map_or(next, |due| due.min(next)));
                     let now = state.activity.load(Ordering::Relaxed);
                     if now != seen {
                         seen = now;
@@ -442,8 +473,7 @@ struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.0.response_ended();
     }
 }
 
