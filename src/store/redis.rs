@@ -7,7 +7,9 @@
 //!   for them.
 //! - `default_command_timeout = timeout`: a command that waits (for a connection, or for a
 //!   stalled server) fails with a timeout, and fred marks it timed out so it is never written
-//!   to Redis later, after the caller was told it failed. Every call is also wrapped in
+//!   to Redis later, after the caller was told it failed. fred's timer covers the whole wait
+//!   of a single command (it starts when the command is queued), so those calls need no timer
+//!   of ours; the regenerate pipeline, which takes a few steps, is also wrapped in
 //!   `tokio::time::timeout` as a belt, slightly later so fred's own timeout normally wins.
 //! - `unresponsive.max_timeout`: a connection whose last write got no answer for a while is
 //!   closed and reconnected. fred measures from the *latest* write, so under steady traffic
@@ -83,10 +85,10 @@ const UNRESPONSIVE_CHECKS: u32 = 4;
 /// How long the task asking fred to replace a stalled connection waits for the reconnect.
 const RECONNECT_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
-/// How much later than fred's command timeout the `tokio::time::timeout` belt fires. fred's
-/// timeout must win in the normal case: only it marks a queued command as timed out so it is
-/// never sent after the caller gave up. The belt is for anything that would keep a call
-/// waiting past fred's timer.
+/// How much later than fred's command timeout the `tokio::time::timeout` belt (around the
+/// regenerate pipeline and QUIT) fires. fred's timeout must win in the normal case: only it
+/// marks a queued command as timed out so it is never sent after the caller gave up. The belt
+/// is for anything that would keep those waiting past fred's timer.
 const TIMEOUT_BELT_SLACK: Duration = Duration::from_millis(50);
 
 /// The Redis store. Clones share the pool.
@@ -97,7 +99,8 @@ pub struct RedisStore {
 
 struct Inner {
     pool: Pool,
-    /// The `tokio::time::timeout` belt around every call (the store timeout plus slack).
+    /// The `tokio::time::timeout` belt around the pipeline and QUIT (the store timeout plus
+    /// slack).
     belt: Duration,
     /// Notices connections that fred still counts as up but that stopped answering.
     stalls: StallWatch,
@@ -268,8 +271,12 @@ impl RedisStore {
             .await
             .map_err(|err| self.fred_error(index, &err))?;
         Box::pin(pipeline.del::<(), _>(old_key)).await.map_err(|err| self.fred_error(index, &err))?;
-        let sent = Box::pin(async {
-            pipeline.try_all::<Value>().await.into_iter().collect::<Result<Vec<Value>, FredError>>()
+        let belt = self.inner.belt;
+        let sent = Box::pin(async move {
+            match tokio::time::timeout(belt, pipeline.try_all::<Value>()).await {
+                Ok(replies) => replies.into_iter().collect::<Result<Vec<Value>, FredError>>(),
+                Err(_elapsed) => Err(FredError::new(ErrorKind::Timeout, "no reply within the store timeout")),
+            }
         });
         match self.call(index, sent).await?.as_slice() {
             [set, del] => {
@@ -306,14 +313,10 @@ impl RedisStore {
         (index, &clients[index])
     }
 
-    /// Runs one fred call on client `index` under the belt, maps its error, and feeds the
-    /// outcome to the stall watch.
+    /// Runs one fred call on client `index` (fred's command timeout bounds it), maps its error,
+    /// and feeds the outcome to the stall watch.
     async fn call<T>(&self, index: usize, request: FredCall<'_, T>) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.inner.belt, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(self.fred_error(index, &err)),
-            Err(_elapsed) => Err(self.store_error(index, Failure::Timeout, "")),
-        };
+        let result = request.await.map_err(|err| self.fred_error(index, &err));
         match &result {
             // An answer, even an error reply, proves the connection works.
             Ok(_) | Err(StoreError::Command(_)) => self.inner.stalls.answered(index),
