@@ -3,9 +3,9 @@
 //! not UTF-8 or are control characters, and request smuggling attempts. What reaches the
 //! upstream is checked byte for byte with a recording upstream.
 //!
-//! What hyper (the HTTP/1 parser under the proxy) does, as these tests pin it down:
-//! - a request head not complete within `header_read_timeout`: the connection is closed
-//!   (hyper 1 sends no answer; a 408 first is accepted too);
+//! What the proxy and hyper (the HTTP/1 parser under it) do, as these tests pin it down:
+//! - a request head not complete within `header_read_timeout` (the proxy's own limit, see
+//!   `server::conn`): the connection is closed without an answer (a 408 first is accepted too);
 //! - a head larger than `max_header_bytes`, or with more than 100 header fields, gets `431`
 //!   and the connection is closed;
 //! - `Transfer-Encoding` together with `Content-Length`: the body is read as chunked, the

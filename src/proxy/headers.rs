@@ -54,28 +54,58 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `Connection` itself and the fixed list. With `keep_upgrade` (a request or 101 response of
 /// an upgrade), `Upgrade` survives and `Connection: upgrade` is set again, since both hops
 /// must see them for the switch to happen.
+///
+/// Runs twice per request, so it first looks at the names once: most requests have none of
+/// these headers and most upstream responses only `Connection: keep-alive`, and then nothing
+/// is hashed, looked up or allocated beyond the removals themselves.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
-        // Taken out first so the listed names can be removed while reading them; removing by
-        // `&str` needs no `HeaderName` (no allocation for names such as `keep-alive`).
-        let listed: Vec<HeaderValue> = connection.remove_entry_mult().1.collect();
-        let tokens = listed.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
-        let kept_for_upgrade = |token: &str| keep_upgrade && token.eq_ignore_ascii_case("upgrade");
-        for token in tokens.filter(|t| !t.is_empty() && !kept_for_upgrade(t)) {
-            headers.remove(token);
+    let (mut connection, mut upgrade, mut fixed) = (false, false, false);
+    for name in headers.keys() {
+        connection |= name == header::CONNECTION;
+        upgrade |= name == header::UPGRADE;
+        fixed |= HOP_BY_HOP.contains(&name);
+    }
+    if connection {
+        // Taken out first so the listed names can be removed while reading them; one value
+        // (the usual case) needs no list.
+        if headers.get_all(header::CONNECTION).iter().nth(1).is_none() {
+            if let Some(value) = headers.remove(header::CONNECTION) {
+                remove_listed(headers, std::slice::from_ref(&value));
+            }
+        } else if let Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
+            remove_listed(headers, &values);
         }
     }
-    // One pass over the names instead of a lookup per hop-by-hop name: most messages have
-    // none of them.
-    if headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+    if fixed {
         for name in HOP_BY_HOP {
             headers.remove(name);
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes the headers named in `Connection` values, except those [`remove_hop_by_hop`]
+/// removes (or keeps) anyway: `Connection`, `Upgrade` and the fixed list. Removing by `&str`
+/// needs no `HeaderName` (no allocation for names such as `x-custom-hop`).
+fn remove_listed(headers: &mut HeaderMap, values: &[HeaderValue]) {
+    let handled = |token: &[u8]| {
+        token.is_empty()
+            || token.eq_ignore_ascii_case(header::CONNECTION.as_str().as_bytes())
+            || token.eq_ignore_ascii_case(header::UPGRADE.as_str().as_bytes())
+            || HOP_BY_HOP.iter().any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+    };
+    for value in values {
+        for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            // A token that is not UTF-8 names no header.
+            if let (false, Ok(name)) = (handled(token), std::str::from_utf8(token)) {
+                headers.remove(name);
+            }
+        }
     }
 }
 
@@ -173,6 +203,23 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-keep"]);
+    }
+
+    #[test]
+    fn one_connection_header_and_none_at_all() {
+        let mut h = map(&[
+            ("Connection", "Keep-Alive, X-Hop, close"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("x-keep", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+
+        let mut h = map(&[("host", "example.com"), ("x-keep", "yes")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]
