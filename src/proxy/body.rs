@@ -49,7 +49,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         sent: Option<oneshot::Sender<()>>,
-        handoff: Arc<Handoff>,
+        // `None` for a body that was complete from the start (a GET): nothing to watch.
+        handoff: Option<Arc<Handoff>>,
         idle_timeout: Duration,
         // Armed when the client has nothing to give (and only then: while the upstream is
         // slow to take data, hyper does not poll this body and that time is not the client's),
@@ -61,28 +62,20 @@ pin_project_lite::pin_project! {
 }
 
 impl UpstreamBody {
-    /// The body, and the watch the request's deadline uses to follow it.
-    pub(crate) fn new(inner: Incoming, idle_timeout: Duration) -> (UpstreamBody, BodyWatch) {
+    /// The body, and the watch the request's deadline uses to follow it; no watch for a body
+    /// that is complete already (no body at all, as in most requests), which then costs
+    /// neither a channel nor a clock read.
+    pub(crate) fn new(inner: Incoming, idle_timeout: Duration) -> (UpstreamBody, Option<BodyWatch>) {
+        let mut body =
+            UpstreamBody { inner, sent: None, handoff: None, idle_timeout, idle: None, idle_armed: false };
+        if body.inner.is_end_stream() {
+            return (body, None);
+        }
         let (tx, sent) = oneshot::channel();
         let handoff = Arc::new(Handoff { start: Instant::now(), since_ms: AtomicU64::new(0) });
-        let mut body = UpstreamBody {
-            inner,
-            sent: Some(tx),
-            handoff: handoff.clone(),
-            idle_timeout,
-            idle: None,
-            idle_armed: false,
-        };
-        if body.inner.is_end_stream() {
-            body.fire();
-        }
-        (body, BodyWatch { sent, stall: StallWatch { handoff } })
-    }
-
-    fn fire(&mut self) {
-        if let Some(tx) = self.sent.take() {
-            let _ = tx.send(());
-        }
+        body.sent = Some(tx);
+        body.handoff = Some(handoff.clone());
+        (body, Some(BodyWatch { sent, stall: StallWatch { handoff } }))
     }
 }
 
@@ -143,7 +136,9 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let mut this = self.project();
         // hyper is asking for more: whatever it was handed has been taken.
-        this.handoff.since_ms.store(0, Ordering::Relaxed);
+        if let Some(handoff) = this.handoff.as_deref() {
+            handoff.since_ms.store(0, Ordering::Relaxed);
+        }
         let polled = match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => {
                 let timeout = *this.idle_timeout;
@@ -172,8 +167,8 @@ impl Body for UpstreamBody {
             if let Some(tx) = this.sent.take() {
                 let _ = tx.send(());
             }
-        } else if let Poll::Ready(Some(Ok(_))) = &polled {
-            this.handoff.since_ms.store(this.handoff.now_ms(), Ordering::Relaxed);
+        } else if let (Poll::Ready(Some(Ok(_))), Some(handoff)) = (&polled, this.handoff.as_deref()) {
+            handoff.since_ms.store(handoff.now_ms(), Ordering::Relaxed);
         }
         polled
     }

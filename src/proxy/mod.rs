@@ -218,7 +218,7 @@ async fn forward(
     resp.map(http_body_util::Either::Left)
 }
 
-type UpstreamRequest = (Request<UpstreamBody>, BodyWatch);
+type UpstreamRequest = (Request<UpstreamBody>, Option<BodyWatch>);
 
 /// The request as the upstream gets it: origin-form target (the route's path, stripped if
 /// configured), HTTP/1.1, forwarding headers and request id set, `Host` kept. The caller has
@@ -256,30 +256,32 @@ struct UpstreamFailure {
 
 /// Sends to the upstream; `upstream_timeout` counts from the end of the request body to the
 /// response headers, and also bounds how long the upstream may leave the body unread (an
-/// upstream that stops reading would otherwise hold the request forever). Failures answer 502 (refused, reset, garbage), 504 (timed out, or the
-/// upstream stopped reading the body), or 408 (the client stopped sending its body).
+/// upstream that stops reading would otherwise hold the request forever). `body` is `None`
+/// for a request whose body was complete from the start. Failures answer 502 (refused, reset,
+/// garbage), 504 (timed out, or the upstream stopped reading the body), or 408 (the client
+/// stopped sending its body).
 async fn send_with_timeout(
     shared: &Shared,
     req: Request<UpstreamBody>,
     upstream: &Authority,
-    body: BodyWatch,
+    body: Option<BodyWatch>,
     timeout: Duration,
 ) -> Result<Response<PooledBody>, UpstreamFailure> {
     let response = shared.client.send(req, upstream);
-    let BodyWatch { sent, stall } = body;
     let deadline = async {
-        tokio::select! {
-            // Checked first: a request without a body has fired it already, and then no
-            // watchdog timer is started.
-            biased;
-            sent = sent => {
-                // A dropped sender means the body will never finish; the request ends first.
-                if sent.is_err() {
-                    std::future::pending::<()>().await;
+        if let Some(BodyWatch { sent, stall }) = body {
+            tokio::select! {
+                // Checked first: a body sent in full by then starts no watchdog timer.
+                biased;
+                sent = sent => {
+                    // A dropped sender means the body will never finish; the request ends first.
+                    if sent.is_err() {
+                        std::future::pending::<()>().await;
+                    }
                 }
-            }
-            () = stall.upstream_stalled(timeout) => {
-                return "the upstream stopped reading the request body";
+                () = stall.upstream_stalled(timeout) => {
+                    return "the upstream stopped reading the request body";
+                }
             }
         }
         tokio::time::sleep(timeout).await;
