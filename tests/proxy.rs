@@ -358,7 +358,10 @@ async fn slow_headers_are_cut_by_the_header_read_timeout() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    finishes_in_flight_request_on_shutdown(client()).await;
+    let headers = finishes_in_flight_request_on_shutdown(client()).await;
+    // The connection heard of the shutdown while its request was in flight, not only later
+    // when it went idle: the response already says the connection ends.
+    assert_eq!(headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
 }
 
 #[tokio::test]
@@ -366,9 +369,10 @@ async fn graceful_shutdown_finishes_in_flight_http2_requests() {
     finishes_in_flight_request_on_shutdown(h2_client()).await;
 }
 
+/// Returns the in-flight response's headers.
 async fn finishes_in_flight_request_on_shutdown(
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
-) {
+) -> http::HeaderMap {
     let up = upstream(|_req| async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Response::new(full("done"))
@@ -380,16 +384,17 @@ async fn finishes_in_flight_request_on_shutdown(
     let req = Request::get(proxy.url("/slow")).body(empty()).unwrap();
     let in_flight = tokio::spawn(async move {
         let resp = client.request(req).await.unwrap();
-        let status = resp.status();
-        (status, resp.into_body().collect().await.unwrap().to_bytes())
+        let (parts, body) = resp.into_parts();
+        (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopped = proxy.begin_shutdown();
-    let (status, body) = in_flight.await.unwrap();
+    let (status, headers, body) = in_flight.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, "done");
     tokio::time::timeout(Duration::from_secs(10), stopped).await.unwrap().unwrap();
     assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "still accepting after shutdown");
+    headers
 }
 
 /// DESIGN.md: on session routes the upgrade request carries `x-session` like any other, and a

@@ -24,7 +24,7 @@
 //! needs the connection to end in a shutdown, so the request handler leaves a
 //! [`Handover`] and the segment sends it the socket once the `101` is written.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -337,6 +337,15 @@ impl ConnState {
     }
 }
 
+/// What a segment's wait ended with.
+enum Woke {
+    Conn(hyper::Result<()>),
+    /// The server is shutting down.
+    Stop,
+    /// Time for the segment's periodic check.
+    Check,
+}
+
 /// How a segment ended.
 enum Ended<S> {
     /// Idle after at least one request: the socket, what hyper had read of the next request,
@@ -394,16 +403,47 @@ impl Segment<'_> {
         let mut check_every = PARK_AFTER;
         let check = tokio::time::sleep_until((last_activity + check_every).min(head_deadline));
         tokio::pin!(check);
+        let stop = shutting_down(shutdown);
+        tokio::pin!(stop);
+        let draining = &*serving.shared.draining;
         let mut closing = false;
         let mut parking = false;
+        // Whether `stop` and `check` hold this task's waker. Both keep it from their first
+        // poll until they fire, so on the many wakes that are hyper's (every read and write)
+        // they are not polled again: the draining flag (set before the stop signal is sent)
+        // and `is_elapsed` tell whether they fired. `check` is polled again after each reset,
+        // so it never depends on a waker surviving the reset.
+        let (mut stop_polled, mut check_polled) = (false, false);
         let result = loop {
-            tokio::select! {
-                r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-                () = shutting_down(shutdown), if !closing => {
+            let woke = poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.poll_without_shutdown(cx) {
+                    return Poll::Ready(Woke::Conn(r));
+                }
+                if closing {
+                    return Poll::Pending;
+                }
+                if !stop_polled || draining.load(Ordering::Relaxed) {
+                    stop_polled = true;
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Stop);
+                    }
+                }
+                if !check_polled || check.is_elapsed() {
+                    check_polled = true;
+                    if check.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Check);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match woke {
+                Woke::Conn(r) => break r,
+                Woke::Stop => {
                     closing = true;
                     Pin::new(&mut conn).graceful_shutdown();
                 }
-                () = &mut check, if !closing => {
+                Woke::Check => {
                     let now = Instant::now();
                     let busy = state.in_flight.load(Ordering::Relaxed) > 0;
                     // Waiting for a head: since the segment began (a deadline that may have
@@ -422,6 +462,7 @@ impl Segment<'_> {
                     check_every = if busy { (check_every * 2).min(BUSY_CHECK_MAX) } else { PARK_AFTER };
                     let next = now + check_every;
                     check.as_mut().reset(head_due.map_or(next, |due| due.min(next)));
+                    check_polled = false;
                     let now = state.activity.load(Ordering::Relaxed);
                     if now != seen {
                         seen = now;
