@@ -463,9 +463,9 @@ impl Segment<'_> {
                     let next = now + check_every;
                     check.as_mut().reset(head_due.map_or(next, |due| due.min(next)));
                     check_polled = false;
-                    let now = state.activity.load(Ordering::Relaxed);
-                    if now != seen {
-                        seen = now;
+                    let activity = state.activity.load(Ordering::Relaxed);
+                    if activity != seen {
+                        seen = activity;
                         last_activity = Instant::now();
                         continue;
                     }

@@ -313,8 +313,10 @@ thread_local! {
 ///
 /// - Per thread: each worker runtime is one thread, so no lock is shared between workers.
 /// - Only values that verified are kept: a client cannot fill it with made-up cookies, only
-///   with cookies the proxy signed. At [`RECENTLY_VERIFIED_MAX`] entries (about 1 MiB) it
-///   starts over empty.
+///   with cookies signed with one of the secrets. At [`RECENTLY_VERIFIED_MAX`] entries it
+///   starts over empty: about 1 MiB per thread with the proxy's own cookies (about 90 bytes),
+///   at most about 6 MiB with the longest ids a Remix app may sign (256 bytes, a cookie of
+///   about 1.2 KiB once percent-encoded).
 /// - Lookups hash the value with a per-map random key (std's `RandomState`) before any byte
 ///   comparison, so how long a forged value takes to miss says nothing about stored ones.
 #[derive(Default)]
