@@ -219,11 +219,12 @@ impl Connection {
             // Boxed: a parked connection's task then holds only this loop's few words.
             let segment = Box::pin(segment.run(socket, unread, &mut self.shutdown));
             let ended = segment.await;
-            let Ended::Parked { socket: s, unread: u, last_activity } = ended else { return };
+            let Ended::Parked { socket: s, unread: u } = ended else { return };
             socket = s;
             unread = u;
-            // The last sign of life of the segment's requests starts the wait for the next.
-            let deadline = last_activity + limits.header_read_timeout;
+            // A segment parks only after a request: the end of its response started the wait
+            // for the next head.
+            let deadline = state.idle_since() + limits.header_read_timeout;
             head_deadline = deadline;
             if !unread.is_empty() {
                 continue; // part of the next request is already here
@@ -348,9 +349,9 @@ enum Woke {
 
 /// How a segment ended.
 enum Ended<S> {
-    /// Idle after at least one request: the socket, what hyper had read of the next request,
-    /// and when the connection last did anything.
-    Parked { socket: S, unread: Bytes, last_activity: Instant },
+    /// Idle after at least one request: the socket and what hyper had read of the next
+    /// request.
+    Parked { socket: S, unread: Bytes },
     /// Closed, upgraded, failed or shut down: the connection is over.
     Done,
 }
@@ -399,9 +400,8 @@ impl Segment<'_> {
 
         let requests_before = state.requests.load(Ordering::Relaxed);
         let mut seen = state.activity.load(Ordering::Relaxed);
-        let mut last_activity = Instant::now();
         let mut check_every = PARK_AFTER;
-        let check = tokio::time::sleep_until((last_activity + check_every).min(head_deadline));
+        let check = tokio::time::sleep_until((Instant::now() + check_every).min(head_deadline));
         tokio::pin!(check);
         let stop = shutting_down(shutdown);
         tokio::pin!(stop);
@@ -466,7 +466,6 @@ impl Segment<'_> {
                     let activity = state.activity.load(Ordering::Relaxed);
                     if activity != seen {
                         seen = activity;
-                        last_activity = Instant::now();
                         continue;
                     }
                     // Only after a request: hyper treats a fresh connection as busy until its
@@ -500,7 +499,7 @@ impl Segment<'_> {
             return Ended::Done;
         }
         if parking {
-            return Ended::Parked { socket, unread, last_activity };
+            return Ended::Parked { socket, unread };
         }
         // Closed by the client, by `Connection: close`, or for shutdown: what hyper's own
         // connection future does at the end.
