@@ -138,8 +138,8 @@ def main():
             "busy_us": statistics.median(r["busy_us"] for r in good),
             "wrk_us": statistics.median(r["wrk_us"] for r in good),
             # In units of the yardstick, per round: see the speed-adjusted table.
-            "busy_wrk": median_or_none(r["busy_us"] / yardstick(r) for r in good if yardstick(r) > 0),
-            "cpu_wrk": median_or_none(r["proxy_us"] / yardstick(r) for r in good if yardstick(r) > 0),
+            "busy_yard": median_or_none(r["busy_us"] / yardstick(r) for r in good if yardstick(r) > 0),
+            "cpu_yard": median_or_none(r["proxy_us"] / yardstick(r) for r in good if yardstick(r) > 0),
             "other_pct": statistics.median(r["other_pct"] for r in good),
             "other_max": max(r["other_pct"] for r in good),
             "busy_pct": statistics.median(r["busy_pct"] for r in good),
@@ -163,8 +163,8 @@ def main():
         return rows[n][key] / ng[key]
 
     def adjusted_rps(n):
-        """req/s against nginx from the machine's CPU per request in wrk units (inverse ratio)."""
-        r = ratio(n, "busy_wrk")
+        """req/s against nginx from the machine's CPU per request in yardsticks (inverse ratio)."""
+        r = ratio(n, "busy_yard")
         return None if not r else 1.0 / r
 
     out = []
@@ -227,11 +227,11 @@ def main():
     p("| # | machine CPU/req in yardsticks | req/s vs nginx, speed-adjusted | proxy CPU/req in yardsticks | proxy CPU vs nginx, speed-adjusted |")
     p("|---|---:|---:|---:|---:|")
     for n in (2, 4, 5, 6):
-        if n not in rows or rows[n]["busy_wrk"] is None:
+        if n not in rows or rows[n]["busy_yard"] is None:
             continue
         r = rows[n]
-        p(f"| {n} | {r['busy_wrk']:.2f} | {fmt_ratio(adjusted_rps(n))} | {r['cpu_wrk']:.2f} "
-          f"| {fmt_ratio(ratio(n, 'cpu_wrk'))} |")
+        p(f"| {n} | {r['busy_yard']:.2f} | {fmt_ratio(adjusted_rps(n))} | {r['cpu_yard']:.2f} "
+          f"| {fmt_ratio(ratio(n, 'cpu_yard'))} |")
     p("")
 
     idle = {}
@@ -269,7 +269,7 @@ def main():
         rr, cr = ratio(4, "rps"), ratio(4, "cpu")
         target("(4) >= 1.0x nginx req/s at no more CPU/request", rr >= 1.0 and cr <= 1.0,
                f"{rr:.2f}x req/s, {cr:.2f}x CPU/request; speed-adjusted {fmt_ratio(adjusted_rps(4))} req/s, "
-               f"{fmt_ratio(ratio(4, 'cpu_wrk'))} CPU/request")
+               f"{fmt_ratio(ratio(4, 'cpu_yard'))} CPU/request")
     else:
         target("(4) >= 1.0x nginx", None, "not measured")
     for n, want in ((5, 0.8), (6, 0.6)):

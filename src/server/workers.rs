@@ -73,6 +73,12 @@ impl Workers {
             }
         }
     }
+
+    fn signal_stop(&mut self) {
+        for worker in &mut self.workers {
+            worker.stop.take();
+        }
+    }
 }
 
 impl Worker {
@@ -97,14 +103,6 @@ impl Worker {
             .recv()
             .map_err(|_| io::Error::other("worker thread ended before its runtime started"))??;
         Ok(Worker { handle, stop: Some(stop), thread: Some(thread) })
-    }
-}
-
-impl Workers {
-    fn signal_stop(&mut self) {
-        for worker in &mut self.workers {
-            worker.stop.take();
-        }
     }
 }
 
