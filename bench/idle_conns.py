@@ -4,7 +4,9 @@
 Opens N TCP connections to HOST:PORT, sends one keep-alive HTTP/1.1 request on each and reads
 its response, then holds every connection open without sending anything. Meanwhile it samples
 the proxy's VmRSS (from /proc/PID/status) and its number of open file descriptors: once
-before connecting, repeatedly while holding, and once after closing. Prints one JSON object.
+before connecting, repeatedly while holding (the largest sample is the result; the last one,
+once the crowd has settled, is printed beside it), and once after closing. Prints one JSON
+object.
 
 session-proxy closes a keep-alive connection that stays idle for 10 s (its header-read
 timeout), so the hold is kept shorter than that: every sample is taken while all connections
@@ -93,6 +95,9 @@ async def main():
         samples.append((vm_rss_kib(a.pid), open_fds(a.pid)))
         await asyncio.sleep(SAMPLE_INTERVAL)
     holding_rss = max(s[0] for s in samples)
+    # The first samples still see the last clients' buffers (they have not parked yet) and
+    # memory freed since the proxy's last trim; the last one is what the crowd costs for good.
+    settled_rss = samples[-1][0]
     holding_fds = min(s[1] for s in samples)
 
     for w in conns:
@@ -112,6 +117,7 @@ async def main():
                 "opened_in_s": round(opened_in, 2),
                 "before_rss_kib": before_rss,
                 "holding_rss_kib": holding_rss,
+                "settled_rss_kib": settled_rss,
                 "after_close_rss_kib": after_rss,
                 "before_fds": before_fds,
                 "holding_fds_min": holding_fds,

@@ -244,8 +244,10 @@ def main():
     if "holding_rss_kib" in idle:
         p(f"- held {idle['held']:,} of {idle['requested']:,} connections (one keep-alive request each, then silent; "
           f"opened in {idle['opened_in_s']} s); errors: {idle['errors'] or 'none'}")
+        settled = f" (the last sample: {idle['settled_rss_kib'] / MIB:.1f} MiB)" if "settled_rss_kib" in idle else ""
         p(f"- VmRSS before: {idle['before_rss_kib'] / MIB:.1f} MiB; while holding (max of samples over 3 s): "
-          f"**{idle['holding_rss_kib'] / MIB:.1f} MiB**; after closing them: {idle['after_close_rss_kib'] / MIB:.1f} MiB")
+          f"**{idle['holding_rss_kib'] / MIB:.1f} MiB**{settled}; after closing them: "
+          f"{idle['after_close_rss_kib'] / MIB:.1f} MiB")
         per = (idle["holding_rss_kib"] - idle["before_rss_kib"]) * 1024 / max(idle["held"], 1)
         p(f"- that is {per / 1024:.1f} KiB per idle connection; open fds before {idle['before_fds']}, "
           f"while holding (min) {idle['holding_fds_min']}")

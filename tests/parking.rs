@@ -1,4 +1,4 @@
-//! Idle HTTP/1 keep-alive connections are parked: after `PARK_AFTER` (100 ms) without traffic,
+//! Idle HTTP/1 keep-alive connections are parked: after `PARK_AFTER` (50 ms) without traffic,
 //! hyper's buffers are dropped and the connection holds only its socket until the client sends
 //! again. These tests check that a parked connection behaves exactly like one that never
 //! parked (requests after a park, a head split across a park, pipelining, upgrades, the idle
@@ -16,7 +16,7 @@ use session_proxy::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Comfortably longer than the proxy's 100 ms: the connection has parked by then.
+/// Comfortably longer than the proxy's 50 to 100 ms: the connection has parked by then.
 const IDLE: Duration = Duration::from_millis(400);
 const PARKED: &str = "session_proxy_parked_connections";
 
