@@ -26,6 +26,7 @@ pub mod store;
 pub mod tls;
 
 mod admin;
+mod boxed;
 mod proxy;
 mod route;
 mod session;

@@ -184,7 +184,7 @@ impl Connection {
         let service = service_fn(move |req| {
             let shared = shared.clone();
             let client_ip = client_ip.clone();
-            Box::pin(async move {
+            crate::boxed::pin_in_place(|| async move {
                 Ok::<_, std::convert::Infallible>(proxy::handle(shared, req, &client_ip, None).await)
             })
         });
@@ -391,8 +391,8 @@ impl Segment<'_> {
                 // Made here, so that a future hyper drops unpolled still counts down.
                 let guard = InFlight(state.clone());
                 // Boxed: hyper keeps the slot for a connection's request future for the
-                // connection's whole life, and `handle`'s future is tens of KiB.
-                Box::pin(async move {
+                // connection's whole life, and `handle`'s future is several KiB.
+                crate::boxed::pin_in_place(|| async move {
                     let resp = proxy::handle(shared, req, &client_ip, Some(&guard.0.handover)).await;
                     Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _guard: guard }))
                 })

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::ser::Formatter;
@@ -46,14 +46,17 @@ pub fn strip_protocol_headers(headers: &mut HeaderMap, names: &[&HeaderName]) ->
     // `Vec::new` does not allocate until the first push.
     let mut found: Vec<HeaderName> = Vec::new();
     for key in headers.keys() {
-        if names.iter().any(|target| normalized_eq(key.as_str(), target)) {
-            found.push(key.clone());
+        if let Some(&target) = names.iter().find(|target| normalized_eq(key.as_str(), target)) {
+            // The configured name when spelled exactly so (as an upstream's update is): a
+            // clone of it shares its bytes, where a clone of a parsed name would allocate.
+            found.push(if key == target { target.clone() } else { key.clone() });
         }
     }
     let mut removed = 0;
     for key in found {
-        removed += headers.get_all(&key).iter().count();
-        headers.remove(&key);
+        if let Entry::Occupied(entry) = headers.entry(key) {
+            removed += entry.remove_entry_mult().1.count();
+        }
     }
     removed
 }

@@ -126,6 +126,14 @@ impl Drop for Inner {
 /// handler) would grow by as much and copy it on every request.
 type FredCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, FredError>> + Send + 'a>>;
 
+/// A fred call boxed where it is built (see [`crate::boxed`]).
+fn boxed<'a, T, F>(make: impl FnOnce() -> F) -> FredCall<'a, T>
+where
+    F: Future<Output = Result<T, FredError>> + Send + 'a,
+{
+    crate::boxed::pin_in_place(make)
+}
+
 impl RedisStore {
     /// Builds the pool and starts connecting in the background. Fails only for configuration
     /// problems; Redis being down is not one (calls fail until it is up, then succeed).
@@ -221,12 +229,12 @@ impl RedisStore {
     pub async fn get(&self, key: &str, refresh_ttl: Option<u64>) -> Result<Option<Bytes>, StoreError> {
         let (index, client) = self.pick();
         match refresh_ttl {
-            None => self.call(index, Box::pin(client.get::<Option<Bytes>, _>(key))).await,
+            None => self.call(index, boxed(|| client.get::<Option<Bytes>, _>(key))).await,
             Some(secs) => {
                 let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
                 let args =
                     vec![Value::from(key), Value::from_static_str("EX"), Value::Integer(ttl_arg(secs)?)];
-                self.call(index, Box::pin(client.custom::<Option<Bytes>, Value>(getex, args))).await
+                self.call(index, boxed(|| client.custom::<Option<Bytes>, Value>(getex, args))).await
             }
         }
     }
@@ -236,14 +244,14 @@ impl RedisStore {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
         let (index, client) = self.pick();
         let reply =
-            self.call(index, Box::pin(client.set::<Value, _, _>(key, value, expire, None, false))).await?;
+            self.call(index, boxed(|| client.set::<Value, _, _>(key, value, expire, None, false))).await?;
         expect_reply("SET", &reply, Value::is_ok)
     }
 
     /// `DEL key`; `Ok` only when Redis answered with a count.
     pub async fn del(&self, key: &str) -> Result<(), StoreError> {
         let (index, client) = self.pick();
-        let reply = self.call(index, Box::pin(client.del::<Value, _>(key))).await?;
+        let reply = self.call(index, boxed(|| client.del::<Value, _>(key))).await?;
         expect_reply("DEL", &reply, is_integer)
     }
 
