@@ -93,13 +93,14 @@ def main():
     runs = {}
     lines = open(args.runs).read().splitlines()[1:]
     for line in lines:
-        (n, rnd, wrk_file, p, u, rd, busy, total, redis_file, alive, wrk_cpu) = line.split("\t")
+        (n, rnd, wrk_file, p, u, rd, busy, total, redis_file, alive, wrk_cpu, p_user) = line.split("\t")
         n = int(n)
         w = parse_wrk(wrk_file)
         req = w["requests"] or 1
         w.update(
             round=int(rnd),
             proxy_us=int(p) / tck * 1e6 / req,
+            proxy_user_us=int(p_user) / tck * 1e6 / req,
             upstream_us=int(u) / tck * 1e6 / req,
             redis_us=int(rd) / tck * 1e6 / req,
             busy_us=int(busy) / tck * 1e6 / req,
@@ -133,6 +134,8 @@ def main():
             "p50": med_run["p50"],
             "p99": med_run["p99"],
             "cpu": statistics.median(r["proxy_us"] for r in good) if n != 1 else None,
+            "cpu_user": statistics.median(r["proxy_user_us"] for r in good) if n != 1 else None,
+            "cpu_kernel": statistics.median(r["proxy_us"] - r["proxy_user_us"] for r in good) if n != 1 else None,
             "upstream_us": statistics.median(r["upstream_us"] for r in good),
             "redis_us": statistics.median(r["redis_us"] for r in good),
             "busy_us": statistics.median(r["busy_us"] for r in good),
@@ -202,17 +205,19 @@ def main():
       "session-proxy's one process) over the measured run, divided by its requests; median of the rounds. "
       "Peak RSS: VmHWM at the end of the run, summed over the proxy's processes. Ratios are to (2).")
     p("")
-    p("Where the machine's CPU went, per request (medians of the rounds; µs of CPU time):")
+    p("Where the machine's CPU went, per request (medians of the rounds; µs of CPU time; the proxy's "
+      "user and kernel time are medians each, so they need not add up to its total exactly):")
     p("")
-    p("| # | proxy | upstream nginx | redis-server | wrk | machine busy | other (not any of these) | Redis commands per request |")
-    p("|---|---:|---:|---:|---:|---:|---:|---|")
+    p("| # | proxy | proxy: user / kernel | upstream nginx | redis-server | wrk | machine busy | other (not any of these) | Redis commands per request |")
+    p("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for n in range(1, 7):
         if n not in rows:
             continue
         r = rows[n]
         proxy = r["cpu"] or 0.0
         cmds = ", ".join(f"{c.upper()} {v:.2f}" for c, v in r["redis"].items() if v >= 0.005) or "none"
-        p(f"| {n} | {proxy:.1f} | {r['upstream_us']:.1f} | {r['redis_us']:.1f} | {r['wrk_us']:.1f} "
+        split = "-" if r["cpu_user"] is None else f"{r['cpu_user']:.1f} / {r['cpu_kernel']:.1f}"
+        p(f"| {n} | {proxy:.1f} | {split} | {r['upstream_us']:.1f} | {r['redis_us']:.1f} | {r['wrk_us']:.1f} "
           f"| {r['busy_us']:.1f} ({r['busy_pct']:.0f}% of the machine) | {r['other_pct']:.0f}% of the machine | {cmds} |")
     p("")
     p("Speed-adjusted. The host's speed drifts during a run (other VMs share it) and each scenario's rounds "

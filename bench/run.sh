@@ -29,7 +29,8 @@
 #     (each round starts one scenario later), each run preceded by a WARMUP-second wrk run
 #     that is not counted;
 #   - for each run reads from /proc the CPU time (utime+stime, summed over all processes of
-#     the proxy: nginx master+workers, node primary+workers) and the machine's busy time, and
+#     the proxy: nginx master+workers, node primary+workers; the proxy's utime also alone)
+#     and the machine's busy time, and
 #     the Redis commands per request (INFO commandstats); at the end the peak RSS (VmHWM,
 #     summed over the proxy's processes);
 #   - starts a fresh session-proxy and measures its VmRSS before and while it holds 10,000
@@ -240,14 +241,22 @@ proc_tree() { echo "$1" $(pgrep -P "$1" 2>/dev/null || true); }
 
 # Clock ticks of user+system CPU time, summed over the given processes (all their threads).
 cpu_ticks() {
-    local total=0 pid stat rest
+    local total
+    read -r total _ <<<"$(cpu_ticks_split "$@")"
+    echo "$total"
+}
+
+# The same as "TOTAL USER": user+system ticks and user ticks alone.
+cpu_ticks_split() {
+    local total=0 user=0 pid stat rest
     for pid in "$@"; do
         stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
         rest="${stat##*) }" # fields from 3 on; the name may contain spaces
         read -r -a f <<<"$rest"
         total=$((total + f[11] + f[12])) # utime (field 14) + stime (field 15)
+        user=$((user + f[11]))
     done
-    echo "$total"
+    echo "$total $user"
 }
 
 # Busy and total ticks of the whole machine (/proc/stat; busy excludes idle and iowait).
@@ -449,7 +458,7 @@ wait_quiet() {
 }
 
 RAW="$TMP/runs.tsv"
-printf 'scenario\tround\twrk_file\tproxy_ticks\tupstream_ticks\tredis_ticks\tbusy_ticks\ttotal_ticks\tredis_stats\talive\twrk_cpu_s\n' >"$RAW"
+printf 'scenario\tround\twrk_file\tproxy_ticks\tupstream_ticks\tredis_ticks\tbusy_ticks\ttotal_ticks\tredis_stats\talive\twrk_cpu_s\tproxy_user_ticks\n' >"$RAW"
 
 est=$((ROUNDS * 6 * (DURATION + WARMUP + 1)))
 log "measuring: $ROUNDS rounds x 6 scenarios x ${DURATION}s (+${WARMUP}s warm-up), about ${est}s"
@@ -464,12 +473,12 @@ for round in $(seq 1 "$ROUNDS"); do
         [[ -n "$root" ]] && read -r -a pids <<<"$(proc_tree "$root")"
         up_pids=($(proc_tree "$UPSTREAM_PID"))
         rcli config resetstat >/dev/null
-        p0=0; [[ -n "$root" ]] && p0=$(cpu_ticks "${pids[@]}")
+        p0=0 pu0=0; [[ -n "$root" ]] && read -r p0 pu0 <<<"$(cpu_ticks_split "${pids[@]}")"
         u0=$(cpu_ticks "${up_pids[@]}"); r0=$(cpu_ticks "$REDIS_PID")
         read -r b0 t0 <<<"$(machine_ticks)"
         out="$TMP/wrk-$n-$round.txt"
         wrk_cpu=$(wrk_run "$n" "$DURATION" "$out")
-        p1=0; [[ -n "$root" ]] && p1=$(cpu_ticks "${pids[@]}")
+        p1=0 pu1=0; [[ -n "$root" ]] && read -r p1 pu1 <<<"$(cpu_ticks_split "${pids[@]}")"
         u1=$(cpu_ticks "${up_pids[@]}"); r1=$(cpu_ticks "$REDIS_PID")
         read -r b1 t1 <<<"$(machine_ticks)"
         rcli info commandstats | tr -d '\r' | grep '^cmdstat_' >"$TMP/redis-$n-$round.txt" || true
@@ -479,9 +488,9 @@ for round in $(seq 1 "$ROUNDS"); do
             DEAD[$n]=1
             note "($n) ${NAMES[$n]}: the proxy process $root DIED during round $round"
         fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$round" "$out" $((p1 - p0)) \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$round" "$out" $((p1 - p0)) \
             $((u1 - u0)) $((r1 - r0)) $((b1 - b0)) $((t1 - t0)) "$TMP/redis-$n-$round.txt" "$alive" \
-            "$wrk_cpu" >>"$RAW"
+            "$wrk_cpu" $((pu1 - pu0)) >>"$RAW"
         log "round $round ($n) $(awk '/Requests\/sec/{print $2" req/s"}' "$out") $(grep -E 'Non-2xx|Socket errors' "$out" | tr '\n' ' ')"
     done
 done
