@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 
-use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::ser::Formatter;
@@ -54,9 +54,8 @@ pub fn strip_protocol_headers(headers: &mut HeaderMap, names: &[&HeaderName]) ->
     }
     let mut removed = 0;
     for key in found {
-        if let Entry::Occupied(entry) = headers.entry(key) {
-            removed += entry.remove_entry_mult().1.count();
-        }
+        removed += headers.get_all(&key).iter().count();
+        headers.remove(&key);
     }
     removed
 }
