@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh: session-proxy side by side with nginx and a Node.js session proxy (issue 5).
 #
-# Usage (from anywhere; needs root for the installs, Linux /proc, about 5 minutes):
+# Usage (from anywhere; needs root for the installs, Linux /proc, about 6 minutes):
 #
 #   bench/run.sh
 #
@@ -53,7 +53,8 @@
 # (up to QUIET_BUDGET=90 s in all), and the report flags every run in which more than 10% of
 # the machine went to processes other than wrk, the upstream, Redis and the proxy under test.
 #
-# Environment (defaults): DURATION=10 (s per measured run), WARMUP=2 (s), ROUNDS=3,
+# Environment (defaults): DURATION=8 (s per measured run), WARMUP=2 (s), ROUNDS=5 (the host's
+# speed drifts over minutes: five rounds sample each scenario at more moments than three),
 # CONNECTIONS=64, THREADS=2, IDLE_CONNECTIONS=10000 (0 skips that test), WRK_CPUS= PROXY_CPUS= (no pinning),
 # SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
 # `git archive` export instead of the work tree), RESULTS_FILE= (instead of
@@ -70,9 +71,9 @@ set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 
-DURATION="${DURATION:-10}"
+DURATION="${DURATION:-8}"
 WARMUP="${WARMUP:-2}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-10000}"
