@@ -227,8 +227,7 @@ impl Connection {
             unread = u;
             // A segment parks only after a request: the end of its response started the wait
             // for the next head.
-            let deadline = state.idle_since() + limits.header_read_timeout;
-            head_deadline = deadline;
+            head_deadline = state.next_head_due(limits.header_read_timeout);
             if !unread.is_empty() {
                 continue; // part of the next request is already here
             }
@@ -236,7 +235,7 @@ impl Connection {
             metrics.connection_parked();
             let resume = tokio::select! {
                 r = poll_fn(|cx| socket.poll_readable(cx)) => r.is_ok(),
-                () = tokio::time::sleep_until(deadline) => false,
+                () = tokio::time::sleep_until(head_deadline) => false,
                 () = shutting_down(&mut self.shutdown) => false,
             };
             metrics.connection_unparked();
@@ -336,8 +335,9 @@ impl ConnState {
         self.touch();
     }
 
-    fn idle_since(&self) -> Instant {
-        self.start + Duration::from_micros(self.idle_since_us.load(Ordering::Relaxed))
+    /// When the next request's head is due: `limit` after the latest response ended.
+    fn next_head_due(&self, limit: Duration) -> Instant {
+        self.start + Duration::from_micros(self.idle_since_us.load(Ordering::Relaxed)) + limit
     }
 }
 
@@ -455,7 +455,7 @@ impl Segment<'_> {
                         if state.requests.load(Ordering::Relaxed) == requests_before {
                             head_deadline
                         } else {
-                            state.idle_since() + serving.limits.header_read_timeout
+                            state.next_head_due(serving.limits.header_read_timeout)
                         }
                     });
                     if head_due.is_some_and(|due| now >= due) {

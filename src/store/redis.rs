@@ -43,6 +43,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::StoreError;
+use crate::boxed::pin_in_place;
 use crate::config::StoreConfig;
 
 /// First reconnect delay after a connection is lost or cannot be made.
@@ -121,18 +122,11 @@ impl Drop for Inner {
     }
 }
 
-/// A fred command, boxed by the caller: fred's command futures are ~7 KiB, and every async fn
-/// that held one in place (this module, the store enum, the session layer, the request
-/// handler) would grow by as much and copy it on every request.
+/// A fred command, boxed by the caller (with [`pin_in_place`], so the box is not filled by a
+/// copy): fred's command futures are ~7 KiB, and every async fn that held one in place (this
+/// module, the store enum, the session layer, the request handler) would grow by as much and
+/// copy it on every request.
 type FredCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, FredError>> + Send + 'a>>;
-
-/// A fred call boxed where it is built (see [`crate::boxed`]).
-fn boxed<'a, T, F>(make: impl FnOnce() -> F) -> FredCall<'a, T>
-where
-    F: Future<Output = Result<T, FredError>> + Send + 'a,
-{
-    crate::boxed::pin_in_place(make)
-}
 
 impl RedisStore {
     /// Builds the pool and starts connecting in the background. Fails only for configuration
@@ -229,12 +223,12 @@ impl RedisStore {
     pub async fn get(&self, key: &str, refresh_ttl: Option<u64>) -> Result<Option<Bytes>, StoreError> {
         let (index, client) = self.pick();
         match refresh_ttl {
-            None => self.call(index, boxed(|| client.get::<Option<Bytes>, _>(key))).await,
+            None => self.call(index, pin_in_place(|| client.get::<Option<Bytes>, _>(key))).await,
             Some(secs) => {
                 let getex = CustomCommand::new_static("GETEX", ClusterHash::FirstKey, false);
                 let args =
                     vec![Value::from(key), Value::from_static_str("EX"), Value::Integer(ttl_arg(secs)?)];
-                self.call(index, boxed(|| client.custom::<Option<Bytes>, Value>(getex, args))).await
+                self.call(index, pin_in_place(|| client.custom::<Option<Bytes>, Value>(getex, args))).await
             }
         }
     }
@@ -243,15 +237,16 @@ impl RedisStore {
     pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
         let (index, client) = self.pick();
-        let reply =
-            self.call(index, boxed(|| client.set::<Value, _, _>(key, value, expire, None, false))).await?;
+        let reply = self
+            .call(index, pin_in_place(|| client.set::<Value, _, _>(key, value, expire, None, false)))
+            .await?;
         expect_reply("SET", &reply, Value::is_ok)
     }
 
     /// `DEL key`; `Ok` only when Redis answered with a count.
     pub async fn del(&self, key: &str) -> Result<(), StoreError> {
         let (index, client) = self.pick();
-        let reply = self.call(index, boxed(|| client.del::<Value, _>(key))).await?;
+        let reply = self.call(index, pin_in_place(|| client.del::<Value, _>(key))).await?;
         expect_reply("DEL", &reply, is_integer)
     }
 
