@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`: kept when the client sends one, generated otherwise.
@@ -66,15 +67,14 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         fixed |= HOP_BY_HOP.contains(&name);
     }
     if connection {
-        // Taken out first so the listed names can be removed while reading them; one value
-        // (the usual case) needs no list.
-        if headers.get_all(header::CONNECTION).iter().nth(1).is_none() {
-            if let Some(value) = headers.remove(header::CONNECTION) {
-                remove_listed(headers, std::slice::from_ref(&value));
-            }
-        } else if let Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
-            let values: Vec<HeaderValue> = entry.remove_entry_mult().1.collect();
-            remove_listed(headers, &values);
+        // Taken out first (one lookup) so the listed names can be removed while reading them;
+        // one value, the usual case, needs no list.
+        if let Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+            let mut values = entry.remove_entry_mult().1;
+            let first = values.next();
+            let rest: Vec<HeaderValue> = values.collect();
+            remove_listed(headers, first.as_slice());
+            remove_listed(headers, &rest);
         }
     }
     if fixed {
@@ -123,18 +123,27 @@ pub(crate) fn set_forwarded(
     https: bool,
     host: Option<&HeaderValue>,
 ) {
-    let xff = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.trim_ascii().is_empty() => {
-            let mut list = Vec::with_capacity(prev.len() + 2 + client.len());
-            list.extend_from_slice(prev);
-            list.extend_from_slice(b", ");
-            list.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&list).ok()
+    // One lookup: most requests have no `X-Forwarded-For` yet.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(entry) => {
+            entry.insert(client.clone());
         }
-        _ => Some(client.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(&X_FORWARDED_FOR, v);
+        Entry::Occupied(mut entry) => {
+            // The first value is the list so far; inserting replaces every value.
+            let prev = entry.get().as_bytes();
+            let xff = if prev.trim_ascii().is_empty() {
+                Some(client.clone())
+            } else {
+                let mut list = Vec::with_capacity(prev.len() + 2 + client.len());
+                list.extend_from_slice(prev);
+                list.extend_from_slice(b", ");
+                list.extend_from_slice(client.as_bytes());
+                HeaderValue::from_bytes(&list).ok()
+            };
+            if let Some(v) = xff {
+                entry.insert(v);
+            }
+        }
     }
     let proto = if https { "https" } else { "http" };
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -166,8 +175,9 @@ fn new_request_id() -> HeaderValue {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
     }
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("0"))
+    // One allocation that its clones (the upstream's and the client's copies) share; from a
+    // slice, the first clone would allocate again. 32 hex digits are always a valid value.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).unwrap_or(HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

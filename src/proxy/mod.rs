@@ -112,11 +112,10 @@ async fn forward(
     }
 
     // HTTP/2 carries the host in the URI; HTTP/1 in `Host`.
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host_header = req.headers().get(header::HOST).cloned();
+    let from_header = host_header.is_some();
+    let host =
+        host_header.or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let Some(route) = app.routes.find(host.as_ref().and_then(|h| h.to_str().ok()), req.uri().path()) else {
         return status_response(StatusCode::NOT_FOUND, "404 Not Found\n");
     };
@@ -161,7 +160,7 @@ async fn forward(
 
     let client_upgrade = handover.filter(|_| upgrade).map(Handover::expect);
     let (upstream_req, body_watch) =
-        build_upstream_request(shared, req, route, client_ip, host.as_ref(), request_id);
+        build_upstream_request(shared, req, route, client_ip, (host.as_ref(), from_header), request_id);
 
     let upstream_start = Instant::now();
     let result =
@@ -222,13 +221,14 @@ type UpstreamRequest = (Request<UpstreamBody>, Option<BodyWatch>);
 
 /// The request as the upstream gets it: origin-form target (the route's path, stripped if
 /// configured), HTTP/1.1, forwarding headers and request id set, `Host` kept. The caller has
-/// already removed the hop-by-hop headers.
+/// already removed the hop-by-hop headers. `host` is the host the client asked for and
+/// whether the request's `Host` header said so (else its URI did).
 fn build_upstream_request(
     shared: &Shared,
     req: Request<Incoming>,
     route: &Route,
     client_ip: &HeaderValue,
-    host: Option<&HeaderValue>,
+    (host, from_header): (Option<&HeaderValue>, bool),
     request_id: &HeaderValue,
 ) -> UpstreamRequest {
     let path = route::upstream_path(route, req.uri().path_and_query());
@@ -239,9 +239,10 @@ fn build_upstream_request(
     parts.extensions = http::Extensions::new();
     let h = &mut parts.headers;
     headers::set_forwarded(h, client_ip, shared.https, host);
-    if let Some(host) = host {
-        // HTTP/2 requests have no `Host` header; the upstream speaks HTTP/1.1 and needs one.
-        h.entry(header::HOST).or_insert_with(|| host.clone());
+    // HTTP/2 requests have no `Host` header (nor may an HTTP/1 request in absolute form);
+    // the upstream speaks HTTP/1.1 and needs one.
+    if let (Some(host), false) = (host, from_header) {
+        h.insert(header::HOST, host.clone());
     }
     h.insert(&X_REQUEST_ID, request_id.clone());
     let (body, watch) = UpstreamBody::new(body, shared.body_idle_timeout);
@@ -267,43 +268,53 @@ async fn send_with_timeout(
     body: Option<BodyWatch>,
     timeout: Duration,
 ) -> Result<Response<PooledBody>, UpstreamFailure> {
+    const NO_HEADERS: &str = "no response headers within upstream_timeout_ms";
     let response = shared.client.send(req, upstream);
+    let Some(BodyWatch { sent, stall }) = body else {
+        // Most requests: no body to watch, so one timer from now (and less future to move).
+        return match tokio::time::timeout(timeout, response).await {
+            Ok(res) => res.map_err(upstream_failure),
+            Err(_) => {
+                Err(UpstreamFailure { status: StatusCode::GATEWAY_TIMEOUT, reason: NO_HEADERS.to_string() })
+            }
+        };
+    };
     let deadline = async {
-        if let Some(BodyWatch { sent, stall }) = body {
-            tokio::select! {
-                // Checked first: a body sent in full by then starts no watchdog timer.
-                biased;
-                sent = sent => {
-                    // A dropped sender means the body will never finish; the request ends first.
-                    if sent.is_err() {
-                        std::future::pending::<()>().await;
-                    }
+        tokio::select! {
+            // Checked first: a body sent in full by then starts no watchdog timer.
+            biased;
+            sent = sent => {
+                // A dropped sender means the body will never finish; the request ends first.
+                if sent.is_err() {
+                    std::future::pending::<()>().await;
                 }
-                () = stall.upstream_stalled(timeout) => {
-                    return "the upstream stopped reading the request body";
-                }
+            }
+            () = stall.upstream_stalled(timeout) => {
+                return "the upstream stopped reading the request body";
             }
         }
         tokio::time::sleep(timeout).await;
-        "no response headers within upstream_timeout_ms"
+        NO_HEADERS
     };
     tokio::select! {
-        res = response => res.map_err(|e| {
-            let status = if client_body_idle(&e) {
-                StatusCode::REQUEST_TIMEOUT
-            } else if e.is_timeout() {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            let reason = match e.source() {
-                Some(source) => format!("{e}: {source}"),
-                None => e.to_string(),
-            };
-            UpstreamFailure { status, reason }
-        }),
+        res = response => res.map_err(upstream_failure),
         reason = deadline => Err(UpstreamFailure { status: StatusCode::GATEWAY_TIMEOUT, reason: reason.to_string() }),
     }
+}
+
+fn upstream_failure(e: UpstreamError) -> UpstreamFailure {
+    let status = if client_body_idle(&e) {
+        StatusCode::REQUEST_TIMEOUT
+    } else if e.is_timeout() {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let reason = match e.source() {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    };
+    UpstreamFailure { status, reason }
 }
 
 /// The request failed because the client stopped sending its body (not the upstream's fault).

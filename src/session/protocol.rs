@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
@@ -72,15 +73,58 @@ pub struct NotAnObject;
 ///
 /// The text must be a JSON object. Whitespace outside strings is dropped, so a value written by
 /// another app with newlines still makes a valid header; inside strings, raw DEL (legal in
-/// JSON, illegal in a header) is escaped as well. One allocation, the header's own buffer.
-pub fn to_request_header(stored: &[u8]) -> Result<HeaderValue, NotAnObject> {
-    // Full validation (syntax and UTF-8) by serde_json without building a tree; afterwards the
-    // text can be scanned byte by byte because non-ASCII and escapes occur only inside strings.
+/// JSON, illegal in a header) is escaped as well. Text that needs none of this is shared, not
+/// copied; otherwise one allocation, the header's own buffer.
+pub fn to_request_header(stored: &Bytes) -> Result<HeaderValue, NotAnObject> {
+    let text = object_text(stored)?;
+    if needs_rewrite(text.as_bytes()) {
+        rewrite(text)
+    } else {
+        // Compact printable ASCII, as most sessions are: the header shares the stored bytes.
+        HeaderValue::from_maybe_shared(stored.slice_ref(text.as_bytes())).map_err(|_| NotAnObject)
+    }
+}
+
+/// The JSON object in `stored`, validated in full (syntax and UTF-8) by serde_json without
+/// building a tree; afterwards the text can be scanned byte by byte because non-ASCII and
+/// escapes occur only inside strings. Surrounding whitespace is not part of it.
+fn object_text(stored: &[u8]) -> Result<&str, NotAnObject> {
     let raw: &RawValue = serde_json::from_slice(stored).map_err(|_| NotAnObject)?;
     let text = raw.get();
     if !text.starts_with('{') {
         return Err(NotAnObject);
     }
+    Ok(text)
+}
+
+/// Whether valid JSON text has anything [`rewrite`] changes: whitespace outside strings, DEL
+/// or non-ASCII (which valid JSON has only inside strings).
+fn needs_rewrite(bytes: &[u8]) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if b >= 0x7f {
+            return true;
+        }
+        if !in_string {
+            match b {
+                b'"' => in_string = true,
+                0..=b' ' => return true,
+                _ => {}
+            }
+        } else if escaped {
+            escaped = false;
+        } else if b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            in_string = false;
+        }
+    }
+    false
+}
+
+/// The header text of valid JSON: whitespace outside strings dropped, DEL and non-ASCII
+/// escaped as `\uXXXX`. One allocation.
+fn rewrite(text: &str) -> Result<HeaderValue, NotAnObject> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut in_string = false;
@@ -478,7 +522,7 @@ mod tests {
     }
 
     fn header(stored: &str) -> String {
-        to_request_header(stored.as_bytes()).unwrap().to_str().unwrap().to_owned()
+        to_request_header(&Bytes::copy_from_slice(stored.as_bytes())).unwrap().to_str().unwrap().to_owned()
     }
 
     // ---- header names ----
@@ -593,7 +637,7 @@ mod tests {
             b"{\"a\":\"\x01\"}",
             b"{'a':1}",
         ] {
-            assert_eq!(to_request_header(bad), Err(NotAnObject), "{bad:?}");
+            assert_eq!(to_request_header(&Bytes::copy_from_slice(bad)), Err(NotAnObject), "{bad:?}");
         }
     }
 
@@ -843,7 +887,7 @@ mod tests {
 
             #[test]
             fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-                if let Ok(h) = to_request_header(&bytes) {
+                if let Ok(h) = to_request_header(&Bytes::copy_from_slice(&bytes)) {
                     prop_assert!(h.as_bytes().is_ascii());
                 }
                 if let Ok(value) = HeaderValue::from_bytes(&bytes) {
@@ -863,7 +907,7 @@ mod tests {
                 object.insert("n".into(), Value::from(number));
                 let original = Value::Object(object);
                 // What an upstream sends: ASCII-only JSON (serde_json escapes controls only).
-                let sent = to_request_header(original.to_string().as_bytes()).unwrap();
+                let sent = to_request_header(&Bytes::from(original.to_string())).unwrap();
                 let Ok(Update::Replace(text)) = parse_update(&sent, usize::MAX) else {
                     return Err(TestCaseError::fail("not stored"));
                 };
@@ -878,7 +922,7 @@ mod tests {
                     }
                 }
                 // Sending back what the upstream received stores the same text again.
-                let again = to_request_header(text.as_bytes()).unwrap();
+                let again = to_request_header(&Bytes::copy_from_slice(text.as_bytes())).unwrap();
                 prop_assert_eq!(parse_update(&again, usize::MAX), Ok(Update::Replace(text)));
             }
         }
@@ -931,7 +975,7 @@ mod tests {
                         // the request header and as an update again stores the same text.
                         let back: Value = serde_json::from_str(&stored).unwrap();
                         prop_assert!(back.is_object());
-                        let again = to_request_header(stored.as_bytes()).unwrap();
+                        let again = to_request_header(&Bytes::copy_from_slice(stored.as_bytes())).unwrap();
                         prop_assert!(again.as_bytes().is_ascii());
                         prop_assert_eq!(parse_update(&again, usize::MAX), Ok(Update::Replace(stored)));
                     }
@@ -952,13 +996,20 @@ mod tests {
                         Ok(Update::Destroy) | Err(_) => {}
                     }
                 }
-                let _ = to_request_header(text.as_bytes());
+                let header = to_request_header(&Bytes::copy_from_slice(text.as_bytes()));
+                // The fast path (text used as it is) gives what the full rewrite gives.
+                if let Ok(object) = object_text(text.as_bytes()) {
+                    prop_assert_eq!(rewrite(object), header);
+                }
             }
 
             #[test]
             fn stored_values_of_any_shape_become_ascii_headers(value in json()) {
                 let text = value.to_string();
-                match to_request_header(text.as_bytes()) {
+                if let Ok(object) = object_text(text.as_bytes()) {
+                    prop_assert_eq!(rewrite(object), to_request_header(&Bytes::copy_from_slice(text.as_bytes())));
+                }
+                match to_request_header(&Bytes::copy_from_slice(text.as_bytes())) {
                     Ok(header) => {
                         prop_assert!(value.is_object());
                         prop_assert!(header.as_bytes().is_ascii());
