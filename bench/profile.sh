@@ -6,7 +6,8 @@
 # `perf stat -e instructions` is not supported on this kind of VM, and wall-clock sampling is
 # disturbed by anything else on the 2 cores; callgrind counts instructions exactly and
 # repeatably. For each scenario (numbers as in run.sh: 4 = session = false, 5 = session read
-# with a valid cookie, 6 = read + write) it:
+# with a valid cookie, 6 = read + write, and the floor: 7 = examples/bare_proxy.rs, 8 = the
+# same waiting for one fred GET per request; callgrind only) it:
 #   - starts a redis-server, the upstream nginx (conf/nginx-upstream.conf) and session-proxy
 #     (conf/proxy.toml, RUST_LOG=warn) under `valgrind --tool=callgrind`;
 #   - creates a session (5, 6), sends WARM requests, zeroes the counters (callgrind_control -z),
@@ -24,7 +25,8 @@
 #
 # Environment (defaults): REQUESTS=20000, WARM=2000, CONNECTIONS=8, SESSION_PROXY_BIN= (else
 # the release binary is built as in run.sh; needs `debug = "line-tables-only"` or more for
-# file:line names, which Cargo.toml's release profile has).
+# file:line names, which Cargo.toml's release profile has), BARE_PROXY_BIN= (for 7 and 8; else
+# `cargo build --release --example bare_proxy`).
 
 set -euo pipefail
 
@@ -50,6 +52,16 @@ else
     log "cargo build --release --locked (target dir $target)"
     (cd "$ROOT" && CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet)
     BIN="$target/release/session-proxy"
+fi
+if [[ " ${SCENARIOS[*]} " == *" 7 "* || " ${SCENARIOS[*]} " == *" 8 "* ]]; then
+    if [[ -n "${BARE_PROXY_BIN:-}" ]]; then
+        BARE="$BARE_PROXY_BIN"
+    else
+        target="${CARGO_TARGET_DIR:-$ROOT/target}"
+        log "cargo build --release --locked --example bare_proxy (target dir $target)"
+        (cd "$ROOT" && CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet --example bare_proxy)
+        BARE="$target/release/examples/bare_proxy"
+    fi
 fi
 
 TMP="$(mktemp -d /tmp/session-proxy-profile.XXXXXX)"
@@ -115,7 +127,8 @@ path_of() {
         4) echo /plain/ ;;
         5) echo / ;;
         6) echo /update/ ;;
-        *) die "scenario $1: only 4, 5 and 6 are session-proxy scenarios" ;;
+        7 | 8) echo / ;;
+        *) die "scenario $1: only 4 to 8 can be profiled" ;;
     esac
 }
 new_cookie() {
@@ -129,6 +142,7 @@ if [[ "${PROFILER:-callgrind}" == perf ]]; then
     command -v perf >/dev/null || die "perf is missing (apt-get install linux-perf)"
     command -v wrk >/dev/null || die "wrk is missing (bench/run.sh installs it)"
     for n in "${SCENARIOS[@]}"; do
+        [[ $n == 7 || $n == 8 ]] && die "scenario $n: PROFILER=perf profiles session-proxy only (4 to 6)"
         path=$(path_of "$n")
         RUST_LOG=warn "$BIN" --config "$TMP/proxy.toml" >"$TMP/proxy.$n.log" 2>&1 &
         sp=$!
@@ -169,14 +183,24 @@ fi
 for n in "${SCENARIOS[@]}"; do
     path=$(path_of "$n")
     out="$TMP/callgrind.$n.out"
-    log "scenario $n: session-proxy under callgrind on $PROXY_PORT"
+    cmd=("$BIN" --config "$TMP/proxy.toml")
+    case $n in
+        7) cmd=("$BARE" --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT") ;;
+        8)
+            # A stored session of the size (5) reads.
+            redis-cli -p "$REDIS_PORT" set bare-proxy:session '{"user":"bench","role":"tester"}' >/dev/null
+            cmd=("$BARE" --listen "127.0.0.1:$PROXY_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT"
+                --redis "redis://127.0.0.1:$REDIS_PORT")
+            ;;
+    esac
+    log "scenario $n: ${cmd[0]##*/} under callgrind on $PROXY_PORT"
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" --collect-atstart=yes \
-        --separate-threads=no "$BIN" --config "$TMP/proxy.toml" >"$TMP/proxy.$n.log" 2>&1 &
+        --separate-threads=no "${cmd[@]}" >"$TMP/proxy.$n.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")
     wait_port "$PROXY_PORT"
     cookie=""
-    if [[ $n != 4 ]]; then
+    if [[ $n == 5 || $n == 6 ]]; then
         cookie="$(new_cookie)"
         [[ -n "$cookie" ]] || die "scenario $n: session-proxy set no session cookie"
     fi
@@ -186,15 +210,16 @@ for n in "${SCENARIOS[@]}"; do
     done_requests=$(requests "$REQUESTS" "$url" "$cookie")
     callgrind_control -d "$vg" >/dev/null
     [[ "$done_requests" == "$REQUESTS" ]] || log "scenario $n: only $done_requests of $REQUESTS requests got 200"
-    kill -INT "$vg"
+    # TERM: the bare proxy has no signal handling, and a background job ignores INT.
+    kill -TERM "$vg"
     wait "$vg" || true
     # The dump after -z holds exactly the measured requests; it is the file with the suffix .1
     dump="$(ls "$out".* 2>/dev/null | sort | head -1)"
     [[ -n "$dump" ]] || die "scenario $n: no callgrind dump"
     report="$BENCH_DIR/results/profile-$DATE-$n.txt"
     {
-        echo "session-proxy callgrind profile, scenario $n ($path), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "commit $(git -C "$ROOT" rev-parse --short HEAD), binary $BIN"
+        echo "${cmd[0]##*/} callgrind profile, scenario $n ($path), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "commit $(git -C "$ROOT" rev-parse --short HEAD), binary ${cmd[0]}"
         echo "requests measured: $done_requests over $CONNECTIONS keep-alive connections (after $WARM warm-up);"
         echo "user-space instructions only (callgrind does not see the kernel: syscalls, TCP)"
         echo

@@ -18,7 +18,11 @@ NAMES = {
     4: "session-proxy, `session = false`",
     5: "session-proxy, session read (valid cookie)",
     6: "session-proxy, read + write (update on every response)",
+    7: "floor: bare hyper proxy (`examples/bare_proxy.rs`)",
+    8: "floor: bare hyper proxy + one fred GET per request",
 }
+#: Scenarios only measured with FLOOR=1.
+FLOOR_SCENARIOS = (7, 8)
 NGINX = 2
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 MIB = 1024.0
@@ -185,7 +189,9 @@ def main():
     p("")
     p("| # | scenario | req/s median | min – max | vs nginx | p50 | p99 | proxy CPU/req | vs nginx | peak RSS | vs nginx | non-2xx | socket errors |")
     p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n in range(1, 7):
+    floor = meta.get("floor") == "1"
+    shown = [n for n in NAMES if floor or n not in FLOOR_SCENARIOS]
+    for n in shown:
         skip = meta.get(f"skip{n}")
         if n not in rows:
             p(f"| {n} | {NAMES[n]} | not run: {skip or 'no successful run'} | | | | | | | | | | |")
@@ -210,7 +216,7 @@ def main():
     p("")
     p("| # | proxy | proxy: user / kernel | upstream nginx | redis-server | wrk | machine busy | other (not any of these) | Redis commands per request |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for n in range(1, 7):
+    for n in shown:
         if n not in rows:
             continue
         r = rows[n]
@@ -227,11 +233,12 @@ def main():
       "moment. In units of it (per round, then the median), CPU per request compares across scenarios and "
       "runs; with every core busy, req/s is inversely proportional to the machine's CPU per request, which "
       "gives the speed-adjusted req/s ratio. (1) and (3) run at other rates, where wrk's and the upstream's "
-      "own cost per request differs, so they are left out.")
+      "own cost per request differs, so they are left out (the floor, (7) and (8), runs at the rates of (2) "
+      "and (4) to (6)).")
     p("")
     p("| # | machine CPU/req in yardsticks | req/s vs nginx, speed-adjusted | proxy CPU/req in yardsticks | proxy CPU vs nginx, speed-adjusted |")
     p("|---|---:|---:|---:|---:|")
-    for n in (2, 4, 5, 6):
+    for n in (2, 4, 5, 6, 7, 8):
         if n not in rows or rows[n]["busy_yard"] is None:
             continue
         r = rows[n]
@@ -306,6 +313,17 @@ def main():
     else:
         target("< 64 MiB RSS with 10,000 idle connections", None, "not measured")
     p("")
+    if have(2, 4, 7):
+        p("What bounds (4) and (5): the floor, the same crates and threads doing nothing but forward "
+          "(speed-adjusted, against nginx):")
+        p("")
+        p(f"- (7) bare hyper proxy: {fmt_ratio(adjusted_rps(7))} req/s at {fmt_ratio(ratio(7, 'cpu_yard'))} CPU/request; "
+          f"(4) session-proxy without a session: {fmt_ratio(adjusted_rps(4))} at {fmt_ratio(ratio(4, 'cpu_yard'))}")
+        if have(5, 8):
+            p(f"- (8) bare hyper proxy + one fred GET: {fmt_ratio(adjusted_rps(8))} req/s at "
+              f"{fmt_ratio(ratio(8, 'cpu_yard'))} CPU/request; (5) session-proxy with a session read: "
+              f"{fmt_ratio(adjusted_rps(5))} at {fmt_ratio(ratio(5, 'cpu_yard'))}")
+        p("")
 
     notes = [l for l in open(args.notes).read().splitlines() if l.strip()]
     bad = [n for n in rows if rows[n]["non2xx"] or any(rows[n]["sock"]) or rows[n]["died"]]

@@ -25,6 +25,10 @@
 #       4. session-proxy on a route with `session = false`
 #       5. session-proxy on a session route with a valid cookie (one store read per request)
 #       6. session-proxy where every response carries x-session-update (a read and a write)
+#     and with FLOOR=1 also the floor under (4) and (5), what bounds them (examples/bare_proxy.rs:
+#     the same crates and threads as session-proxy doing nothing but forward):
+#       7. the bare hyper proxy
+#       8. the bare hyper proxy waiting for one fred GET per request (a stored session's size)
 #     with wrk (-c 64 -t 2 --latency): every scenario ROUNDS times, interleaved round-robin
 #     (each round starts one scenario later), each run preceded by a WARMUP-second wrk run
 #     that is not counted;
@@ -56,7 +60,8 @@
 # Environment (defaults): DURATION=8 (s per measured run), WARMUP=2 (s), ROUNDS=5 (the host's
 # speed drifts over minutes: five rounds sample each scenario at more moments than three),
 # CONNECTIONS=64, THREADS=2, IDLE_CONNECTIONS=10000 (0 skips that test), WRK_CPUS= PROXY_CPUS= (no pinning),
-# SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
+# FLOOR= (1 adds scenarios 7 and 8, about 2 minutes more), BARE_PROXY_BIN= (their binary,
+# else built with session-proxy), SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
 # `git archive` export instead of the work tree), RESULTS_FILE= (instead of
 # bench/results/<date>.md), KEEP_TMP=1 (keep the temp dir with every raw
 # wrk output and log), NO_INSTALL=1 (never call apt-get/npm install).
@@ -78,6 +83,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-10000}"
 WRK_CPUS="${WRK_CPUS:-}"
+FLOOR="${FLOOR:-0}"
 PROXY_CPUS="${PROXY_CPUS:-}"
 SESSION_SECRET_NODE="bench-node-secret"
 
@@ -133,11 +139,22 @@ install_deps() {
 
 # ---------------------------------------------------------------- build
 build() {
+    local targets=(--bin session-proxy)
+    BARE_BIN=""
+    if [[ $FLOOR == 1 ]]; then
+        if [[ -n "${BARE_PROXY_BIN:-}" ]]; then
+            [[ -x "$BARE_PROXY_BIN" ]] || die "BARE_PROXY_BIN=$BARE_PROXY_BIN is not executable"
+            BARE_BIN="$BARE_PROXY_BIN"
+        else
+            targets+=(--example bare_proxy)
+        fi
+    fi
     if [[ -n "${SESSION_PROXY_BIN:-}" ]]; then
         [[ -x "$SESSION_PROXY_BIN" ]] || die "SESSION_PROXY_BIN=$SESSION_PROXY_BIN is not executable"
         BIN="$SESSION_PROXY_BIN"
         BUILT_FROM="prebuilt $SESSION_PROXY_BIN"
-        return
+        [[ $FLOOR == 1 && -z "$BARE_BIN" ]] || return 0
+        targets=(--example bare_proxy)
     fi
     local src="$ROOT"
     if [[ -n "${BENCH_REV:-}" ]]; then
@@ -149,10 +166,12 @@ build() {
         BUILT_FROM="work tree"
     fi
     local target="${CARGO_TARGET_DIR:-$src/target}"
-    log "cargo build --release --locked ($BUILT_FROM, target dir $target)"
-    (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet) \
+    log "cargo build --release --locked ${targets[*]} ($BUILT_FROM, target dir $target)"
+    (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet "${targets[@]}") \
         || die "cargo build --release failed"
-    BIN="$target/release/session-proxy"
+    [[ -n "${SESSION_PROXY_BIN:-}" ]] || BIN="$target/release/session-proxy"
+    [[ $FLOOR == 1 && -z "$BARE_BIN" ]] && BARE_BIN="$target/release/examples/bare_proxy"
+    return 0
 }
 
 # ---------------------------------------------------------------- processes
@@ -322,7 +341,7 @@ while :; do
 done
 
 read -r REDIS_PORT UPSTREAM_PORT NGINX_PORT NODE_PORT SP4_PORT SP5_PORT SP6_PORT IDLE_PORT \
-    <<<"$(free_ports 8)"
+    BARE7_PORT BARE8_PORT <<<"$(free_ports 10)"
 
 log "redis-server on $REDIS_PORT"
 mkdir -p "$TMP/redis"
@@ -353,7 +372,27 @@ start_session_proxy sp4 "$SP4_PORT"; SP4_PID=$SP_PID
 start_session_proxy sp5 "$SP5_PORT"; SP5_PID=$SP_PID
 start_session_proxy sp6 "$SP6_PORT"; SP6_PID=$SP_PID
 
+BARE7_PID="" BARE8_PID=""
+if [[ $FLOOR == 1 ]]; then
+    log "bare hyper proxies (the floor) on $BARE7_PORT $BARE8_PORT"
+    "${PIN_PROXY[@]}" "$BARE_BIN" --listen "127.0.0.1:$BARE7_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+        >"$TMP/bare7.log" 2>&1 &
+    BARE7_PID=$!
+    PIDS+=("$BARE7_PID")
+fi
+
 wait_port "$REDIS_PORT" redis-server
+if [[ $FLOOR == 1 ]]; then
+    # Started once Redis listens: it connects at start. Its GET reads a session of the size
+    # (5) reads.
+    rcli set bare-proxy:session '{"user":"bench","role":"tester"}' >/dev/null
+    "${PIN_PROXY[@]}" "$BARE_BIN" --listen "127.0.0.1:$BARE8_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+        --redis "redis://127.0.0.1:$REDIS_PORT" >"$TMP/bare8.log" 2>&1 &
+    BARE8_PID=$!
+    PIDS+=("$BARE8_PID")
+    wait_port "$BARE7_PORT" "bare proxy (7)"
+    wait_port "$BARE8_PORT" "bare proxy (8)"
+fi
 wait_port "$UPSTREAM_PORT" "upstream nginx"
 wait_port "$NGINX_PORT" "nginx proxy"
 wait_port "$NODE_PORT" "node proxy"
@@ -383,6 +422,10 @@ check_body() { # check_body SCENARIO URL EXPECTED [CURL ARGS...]
 check_body 1 "http://127.0.0.1:$UPSTREAM_PORT/" "hello from the upstream" || SKIP[1]="upstream check failed"
 check_body 2 "http://127.0.0.1:$NGINX_PORT/" "hello from the upstream" || SKIP[2]="check failed"
 check_body 4 "http://127.0.0.1:$SP4_PORT/plain/" "hello from the upstream" || SKIP[4]="check failed"
+if [[ $FLOOR == 1 ]]; then
+    check_body 7 "http://127.0.0.1:$BARE7_PORT/" "hello from the upstream" || SKIP[7]="check failed"
+    check_body 8 "http://127.0.0.1:$BARE8_PORT/" "hello from the upstream" || SKIP[8]="check failed"
+fi
 
 NODE_COOKIE="$(session_cookie "http://127.0.0.1:$NODE_PORT/update/")"
 if [[ -z "$NODE_COOKIE" ]]; then
@@ -417,11 +460,15 @@ fi
 # ------------------------------------------------ scenarios
 NAMES=("" "upstream direct (ceiling)" "nginx reverse proxy" "Node proxy (express-session + connect-redis)"
     "session-proxy, session = false" "session-proxy, session read (valid cookie)"
-    "session-proxy, read + write (update every response)")
+    "session-proxy, read + write (update every response)" "bare hyper proxy (floor)"
+    "bare hyper proxy + one fred GET (floor)")
 URLS=("" "http://127.0.0.1:$UPSTREAM_PORT/" "http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$NODE_PORT/"
-    "http://127.0.0.1:$SP4_PORT/plain/" "http://127.0.0.1:$SP5_PORT/" "http://127.0.0.1:$SP6_PORT/update/")
-COOKIES=("" "" "" "$NODE_COOKIE" "" "$SP_COOKIE" "$SP_COOKIE")
-ROOTPIDS=("" "" "$NGINX_PROXY_PID" "$NODE_PID" "$SP4_PID" "$SP5_PID" "$SP6_PID")
+    "http://127.0.0.1:$SP4_PORT/plain/" "http://127.0.0.1:$SP5_PORT/" "http://127.0.0.1:$SP6_PORT/update/"
+    "http://127.0.0.1:$BARE7_PORT/" "http://127.0.0.1:$BARE8_PORT/")
+COOKIES=("" "" "" "$NODE_COOKIE" "" "$SP_COOKIE" "$SP_COOKIE" "" "")
+ROOTPIDS=("" "" "$NGINX_PROXY_PID" "$NODE_PID" "$SP4_PID" "$SP5_PID" "$SP6_PID" "$BARE7_PID" "$BARE8_PID")
+SCENARIOS=6
+[[ $FLOOR == 1 ]] && SCENARIOS=8
 DEAD=()
 
 # Runs wrk for scenario N into OUTFILE and prints wrk's own CPU time in seconds (getrusage of
@@ -461,11 +508,11 @@ wait_quiet() {
 RAW="$TMP/runs.tsv"
 printf 'scenario\tround\twrk_file\tproxy_ticks\tupstream_ticks\tredis_ticks\tbusy_ticks\ttotal_ticks\tredis_stats\talive\twrk_cpu_s\tproxy_user_ticks\n' >"$RAW"
 
-est=$((ROUNDS * 6 * (DURATION + WARMUP + 1)))
-log "measuring: $ROUNDS rounds x 6 scenarios x ${DURATION}s (+${WARMUP}s warm-up), about ${est}s"
+est=$((ROUNDS * SCENARIOS * (DURATION + WARMUP + 1)))
+log "measuring: $ROUNDS rounds x $SCENARIOS scenarios x ${DURATION}s (+${WARMUP}s warm-up), about ${est}s"
 for round in $(seq 1 "$ROUNDS"); do
-    for k in 0 1 2 3 4 5; do
-        n=$(( (k + round - 1) % 6 + 1 ))
+    for ((k = 0; k < SCENARIOS; k++)); do
+        n=$(( (k + round - 1) % SCENARIOS + 1 ))
         [[ -n "${SKIP[$n]:-}" || -n "${DEAD[$n]:-}" ]] && continue
         root="${ROOTPIDS[$n]}"
         wait_quiet "round $round ($n)"
@@ -499,7 +546,7 @@ done
 # Peak RSS (VmHWM) over the whole run, summed over each proxy's processes.
 PEAK="$TMP/peak_rss.tsv"
 : >"$PEAK"
-for n in 2 3 4 5 6; do
+for ((n = 2; n <= SCENARIOS; n++)); do
     root="${ROOTPIDS[$n]}"
     kill -0 "$root" 2>/dev/null || continue
     printf '%s\t%s\t%s\n' "$n" "$(status_kib VmHWM $(proc_tree "$root"))" \
@@ -523,7 +570,7 @@ else
 fi
 
 # ------------------------------------------------ logs: anything the proxies complained about
-for name in sp4 sp5 sp6 sp-idle node-proxy; do
+for name in sp4 sp5 sp6 sp-idle node-proxy bare7 bare8; do
     f="$TMP/$name.log"
     [[ -s "$f" ]] || continue
     lines=$(wc -l <"$f")
@@ -557,9 +604,10 @@ META="$TMP/meta.env"
     echo "wrk_cpus=${WRK_CPUS:-none}"
     echo "proxy_cpus=${PROXY_CPUS:-none}"
     echo "clk_tck=$(getconf CLK_TCK)"
+    echo "floor=$FLOOR"
     echo "elapsed=$(( $(date +%s) - START_EPOCH ))"
 } >"$META"
-for n in 1 2 3 4 5 6; do
+for ((n = 1; n <= SCENARIOS; n++)); do
     [[ -n "${SKIP[$n]:-}" ]] && echo "skip$n=${SKIP[$n]}" >>"$META"
 done
 
