@@ -100,6 +100,11 @@ fn object_text(stored: &[u8]) -> Result<&str, NotAnObject> {
 /// Whether valid JSON text has anything [`rewrite`] changes: whitespace outside strings, DEL
 /// or non-ASCII (which valid JSON has only inside strings).
 fn needs_rewrite(bytes: &[u8]) -> bool {
+    // Most sessions: no whitespace at all and nothing above `~`, which a loop without state
+    // can tell (and the compiler vectorises); only text with spaces needs to know strings.
+    if bytes.iter().all(|&b| b > b' ' && b < 0x7f) {
+        return false;
+    }
     let (mut in_string, mut escaped) = (false, false);
     for &b in bytes {
         if b >= 0x7f {
