@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
-use fred::types::config::Config;
+use fred::types::config::{Config, ConnectionConfig, TcpConfig};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -70,8 +70,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rt.block_on(async move {
                 let redis = match redis {
                     Some(url) => {
-                        let client =
-                            Client::new(Config::from_url(&url).expect("redis url"), None, None, None);
+                        // No Nagle, as session-proxy's store: with it, a command sent while
+                        // another is unanswered would wait for that answer.
+                        let connection = ConnectionConfig {
+                            tcp: TcpConfig { nodelay: Some(true), ..TcpConfig::default() },
+                            ..ConnectionConfig::default()
+                        };
+                        let config = Config::from_url(&url).expect("redis url");
+                        let client = Client::new(config, None, Some(connection), None);
                         client.init().await.expect("redis connect");
                         Some(client)
                     }
