@@ -79,10 +79,20 @@ pub fn to_request_header(stored: &Bytes) -> Result<HeaderValue, NotAnObject> {
     let text = object_text(stored)?;
     if needs_rewrite(text.as_bytes()) {
         rewrite(text)
-    } else {
+    } else if within(stored, text.as_bytes()) {
         // Compact printable ASCII, as most sessions are: the header shares the stored bytes.
         HeaderValue::from_maybe_shared(stored.slice_ref(text.as_bytes())).map_err(|_| NotAnObject)
+    } else {
+        // Unreachable (a borrowed `RawValue` is always a slice of its input); `slice_ref`
+        // would panic, a copy does not.
+        HeaderValue::from_bytes(text.as_bytes()).map_err(|_| NotAnObject)
     }
+}
+
+/// Whether `part` lies inside `whole`'s memory.
+fn within(whole: &[u8], part: &[u8]) -> bool {
+    let (outer, inner) = (whole.as_ptr_range(), part.as_ptr_range());
+    outer.start <= inner.start && inner.end <= outer.end
 }
 
 /// The JSON object in `stored`, validated in full (syntax and UTF-8) by serde_json without
@@ -618,6 +628,18 @@ mod tests {
         assert_eq!(header("{\"a\":\"\u{7f}\u{80}\"}"), r#"{"a":"\u007f\u0080"}"#);
         // Already-escaped text stays as it is.
         assert_eq!(header(r#"{"a":"\u00e9\\u"}"#), r#"{"a":"\u00e9\\u"}"#);
+    }
+
+    #[test]
+    fn text_that_needs_no_rewrite_is_shared_not_copied() {
+        for text in [&b"{\"user\":\"bench\",\"n\":[1,2]}"[..], b"{\"a\":\"x y\",\"q\":\"\\\" }\"}"] {
+            let stored = Bytes::copy_from_slice(text);
+            let header = to_request_header(&stored).unwrap();
+            assert_eq!(header.as_bytes(), text);
+            assert_eq!(header.as_bytes().as_ptr(), stored.as_ptr(), "{text:?}");
+        }
+        let stored = Bytes::from_static(b"{\"a\": 1}");
+        assert_ne!(to_request_header(&stored).unwrap().as_bytes().as_ptr(), stored.as_ptr());
     }
 
     #[test]
