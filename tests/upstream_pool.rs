@@ -162,6 +162,19 @@ async fn a_request_without_host_gets_the_upstreams() {
 }
 
 #[tokio::test]
+async fn a_request_in_absolute_form_without_host_keeps_the_host_it_asked_for() {
+    // The host the client asked for is in the URI; the upstream gets it as `Host`.
+    let app = echo_upstream("app").await;
+    let proxy = start_proxy_with(config(&plain_route(&app.url())), one_worker()).await;
+    let answer = raw(proxy.addr, b"GET http://app.example.com/x HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert_eq!(echoed(body, "host"), Some("app.example.com"), "{body}");
+    assert_eq!(echoed(body, "x-forwarded-host"), Some("app.example.com"), "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_connect_that_times_out_gets_504() {
     // A listener that never accepts, its backlog filled: the kernel drops further SYNs, so a
     // connect neither succeeds nor is refused.
