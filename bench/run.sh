@@ -139,39 +139,39 @@ install_deps() {
 
 # ---------------------------------------------------------------- build
 build() {
-    local targets=(--bin session-proxy)
-    BARE_BIN=""
-    if [[ $FLOOR == 1 ]]; then
-        if [[ -n "${BARE_PROXY_BIN:-}" ]]; then
-            [[ -x "$BARE_PROXY_BIN" ]] || die "BARE_PROXY_BIN=$BARE_PROXY_BIN is not executable"
-            BARE_BIN="$BARE_PROXY_BIN"
-        else
-            targets+=(--example bare_proxy)
-        fi
-    fi
+    # What cargo must build: session-proxy unless prebuilt, the floor's example with FLOOR=1
+    # unless prebuilt.
+    local targets=()
     if [[ -n "${SESSION_PROXY_BIN:-}" ]]; then
         [[ -x "$SESSION_PROXY_BIN" ]] || die "SESSION_PROXY_BIN=$SESSION_PROXY_BIN is not executable"
         BIN="$SESSION_PROXY_BIN"
         BUILT_FROM="prebuilt $SESSION_PROXY_BIN"
-        [[ $FLOOR == 1 && -z "$BARE_BIN" ]] || return 0
-        targets=(--example bare_proxy)
+    else
+        targets+=(--bin session-proxy)
     fi
-    local src="$ROOT"
+    BARE_BIN="${BARE_PROXY_BIN:-}"
+    if [[ $FLOOR == 1 && -n "$BARE_BIN" ]]; then
+        [[ -x "$BARE_BIN" ]] || die "BARE_PROXY_BIN=$BARE_BIN is not executable"
+    elif [[ $FLOOR == 1 ]]; then
+        targets+=(--example bare_proxy)
+    fi
+    [[ ${#targets[@]} -gt 0 ]] || return 0
+    local src="$ROOT" from="work tree"
     if [[ -n "${BENCH_REV:-}" ]]; then
         src="$TMP/src"
         mkdir -p "$src"
         git -C "$ROOT" archive "$BENCH_REV" | tar -x -C "$src"
-        BUILT_FROM="git archive $(git -C "$ROOT" rev-parse --short "$BENCH_REV")"
-    else
-        BUILT_FROM="work tree"
+        from="git archive $(git -C "$ROOT" rev-parse --short "$BENCH_REV")"
     fi
     local target="${CARGO_TARGET_DIR:-$src/target}"
-    log "cargo build --release --locked ${targets[*]} ($BUILT_FROM, target dir $target)"
+    log "cargo build --release --locked ${targets[*]} ($from, target dir $target)"
     (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet "${targets[@]}") \
         || die "cargo build --release failed"
-    [[ -n "${SESSION_PROXY_BIN:-}" ]] || BIN="$target/release/session-proxy"
-    [[ $FLOOR == 1 && -z "$BARE_BIN" ]] && BARE_BIN="$target/release/examples/bare_proxy"
-    return 0
+    if [[ -z "${SESSION_PROXY_BIN:-}" ]]; then
+        BIN="$target/release/session-proxy"
+        BUILT_FROM="$from"
+    fi
+    [[ -n "$BARE_BIN" || $FLOOR != 1 ]] || BARE_BIN="$target/release/examples/bare_proxy"
 }
 
 # ---------------------------------------------------------------- processes
