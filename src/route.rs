@@ -64,11 +64,15 @@ impl RouteTable {
 
     /// The route for a request, given its `Host` (any case, port allowed) and path.
     pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        let host = host.map(host_without_port);
+        // Only routes with a `host` look at it: the port is stripped once, when the first
+        // of them is tried (most configs have none).
+        let mut bare_host = None;
         self.routes.iter().find(|r| {
             let host_ok = match (&r.host, host) {
                 (None, _) => true,
-                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(want), Some(got)) => {
+                    want.eq_ignore_ascii_case(bare_host.get_or_insert_with(|| host_without_port(got)))
+                }
                 (Some(_), None) => false,
             };
             host_ok && prefix_matches(&r.prefix, path)
@@ -89,8 +93,9 @@ fn host_without_port(host: &str) -> &str {
     if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
         return &host[..end + 2];
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+    // A byte search: `:` is ASCII, so the split is on a character boundary.
+    match host.bytes().rposition(|b| b == b':') {
+        Some(colon) if host.as_bytes()[colon + 1..].iter().all(u8::is_ascii_digit) => &host[..colon],
         _ => host,
     }
 }

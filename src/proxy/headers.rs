@@ -100,6 +100,11 @@ fn remove_listed(headers: &mut HeaderMap, values: &[HeaderValue]) {
             || HOP_BY_HOP.iter().any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
     };
     for value in values {
+        // Nearly every `Connection` header is just one of these, which name nothing to remove.
+        let whole = value.as_bytes().trim_ascii();
+        if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
         for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             // A token that is not UTF-8 names no header.
             if let (false, Ok(name)) = (handled(token), std::str::from_utf8(token)) {

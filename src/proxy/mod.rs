@@ -52,9 +52,9 @@ pub(crate) async fn handle(
         store_time: Duration::ZERO,
         upstream_time: None,
     };
-    let method = req.method().clone();
-    // For the access log; a `Uri` clone shares the bytes hyper parsed.
-    let uri = req.uri().clone();
+    // For the access log, when it is on; a `Uri` clone shares the bytes hyper parsed.
+    let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone()));
 
     let mut resp = forward(&shared, &app, req, client_ip, handover, &request_id, &mut out).await;
     resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
@@ -68,18 +68,20 @@ pub(crate) async fn handle(
         out.upstream_time,
         out.session,
     );
-    tracing::info!(
-        target: "access",
-        request_id = %rid(&request_id),
-        method = %method,
-        path = %uri.path(),
-        status = out.status.as_u16(),
-        duration_ms = ms(elapsed),
-        route = %out.route.as_deref().map_or("-", |r| r.prefix.as_str()),
-        session = %out.session.as_str(),
-        store_ms = ms(out.store_time),
-        upstream_ms = out.upstream_time.map(ms),
-    );
+    if let Some((method, uri)) = logged {
+        tracing::info!(
+            target: "access",
+            request_id = %rid(&request_id),
+            method = %method,
+            path = %uri.path(),
+            status = out.status.as_u16(),
+            duration_ms = ms(elapsed),
+            route = %out.route.as_deref().map_or("-", |r| r.prefix.as_str()),
+            session = %out.session.as_str(),
+            store_ms = ms(out.store_time),
+            upstream_ms = out.upstream_time.map(ms),
+        );
+    }
     resp
 }
 
@@ -269,10 +271,10 @@ async fn send_with_timeout(
     timeout: Duration,
 ) -> Result<Response<PooledBody>, UpstreamFailure> {
     const NO_HEADERS: &str = "no response headers within upstream_timeout_ms";
-    let response = shared.client.send(req, upstream);
     let Some(BodyWatch { sent, stall }) = body else {
-        // Most requests: no body to watch, so one timer from now (and less future to move).
-        return match tokio::time::timeout(timeout, response).await {
+        // Most requests: no body to watch, so one timer from now. The send future is made in
+        // place, inside the timeout, rather than made first and moved in.
+        return match tokio::time::timeout(timeout, shared.client.send(req, upstream)).await {
             Ok(res) => res.map_err(upstream_failure),
             Err(_) => {
                 Err(UpstreamFailure { status: StatusCode::GATEWAY_TIMEOUT, reason: NO_HEADERS.to_string() })
@@ -297,7 +299,7 @@ async fn send_with_timeout(
         NO_HEADERS
     };
     tokio::select! {
-        res = response => res.map_err(upstream_failure),
+        res = shared.client.send(req, upstream) => res.map_err(upstream_failure),
         reason = deadline => Err(UpstreamFailure { status: StatusCode::GATEWAY_TIMEOUT, reason: reason.to_string() }),
     }
 }
