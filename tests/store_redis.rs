@@ -357,6 +357,31 @@ async fn relay(
     }
 }
 
+/// With no other traffic, a connection that took a call and never answered is replaced by
+/// itself: the next call, however much later, finds a working connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_connection_is_replaced_without_traffic() {
+    let redis = RedisServer::start();
+    let relay = BlackholeRelay::start(redis.port()).await;
+    let store = connect(&store_config(relay.url(), None)).await;
+    wait_until_serving(&store).await;
+    guarded("set", store.set("k", "{}", 60)).await.unwrap();
+
+    relay.cut_open_connections();
+    // One call per pooled client (the store takes them in turn): each goes unanswered.
+    for _ in 0..2 {
+        let read = guarded("get", store.get("k", None)).await;
+        assert!(matches!(read, Err(StoreError::Timeout)), "a swallowed call must time out: {read:?}");
+    }
+    // Quiet for longer than the stall limit (two timeouts, at least 500 ms), plus time to
+    // reconnect.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    for _ in 0..2 {
+        let read = guarded("get", store.get("k", None)).await;
+        assert_eq!(read.unwrap().as_deref(), Some(&b"{}"[..]), "the quiet dead connection was not replaced");
+    }
+}
+
 /// Under steady traffic, a connection that accepts writes but never answers is detected from
 /// the calls' timeouts and replaced, without waiting for TCP to give up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

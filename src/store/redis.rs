@@ -11,11 +11,14 @@
 //!   of a single command (it starts when the command is queued), so those calls need no timer
 //!   of ours; the regenerate pipeline, which takes a few steps, is also wrapped in
 //!   `tokio::time::timeout` as a belt, slightly later so fred's own timeout normally wins.
-//! - `unresponsive.max_timeout`: a connection whose last write got no answer for a while is
-//!   closed and reconnected. fred measures from the *latest* write, so under steady traffic
-//!   that never fires; the store's own stall watch covers it: a client whose calls keep
-//!   timing out for as long is told to reconnect (a dropped NAT or load-balancer entry, a
-//!   half-open TCP connection would otherwise fail every call until TCP gives up).
+//! - No `unresponsive` check in fred: it would start a timer on every pass of the router loop
+//!   (two per command), and it measures from the *latest* write, so under steady traffic it
+//!   never fires. The store's own stall watch covers a connection that takes writes but no
+//!   longer answers (a dropped NAT or load-balancer entry, a half-open TCP connection, which
+//!   would otherwise fail every call until TCP gives up): the first timeout of a run starts
+//!   one timer, and a client whose calls have had no answer for the stall limit is told to
+//!   reconnect, under steady traffic at its next timeout, with no traffic when that timer
+//!   fires.
 //! - `max_command_buffer_len`: commands queued while disconnected are bounded, so a long outage
 //!   cannot grow memory; overflow fails at once.
 //! - `rediss://`: rustls with the ring provider, roots from the system plus `ca_file`.
@@ -34,7 +37,7 @@ use bytes::Bytes;
 use fred::clients::{Client, Pool};
 use fred::error::{Error as FredError, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
-use fred::types::config::{Config as FredConfig, Options, ReconnectPolicy, TlsConfig, UnresponsiveConfig};
+use fred::types::config::{Config as FredConfig, Options, ReconnectPolicy, TlsConfig};
 use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, Value};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -80,8 +83,6 @@ const UNRESPONSIVE_TIMEOUTS: u32 = 2;
 /// Lower bound on that limit, so a very short store timeout does not make connections flap
 /// under a brief server hiccup.
 const UNRESPONSIVE_MIN: Duration = Duration::from_millis(500);
-/// How many times per unresponsive limit fred checks the connections (fred wants at least 2).
-const UNRESPONSIVE_CHECKS: u32 = 4;
 
 /// How long the task asking fred to replace a stalled connection waits for the reconnect.
 const RECONNECT_REQUEST_WAIT: Duration = Duration::from_secs(10);
@@ -174,10 +175,6 @@ impl RedisStore {
                 conn.internal_command_timeout = SETUP_COMMAND_TIMEOUT;
                 conn.max_command_attempts = MAX_COMMAND_ATTEMPTS;
                 conn.max_command_buffer_len = COMMAND_QUEUE_LIMIT;
-                conn.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(stall_limit),
-                    interval: stall_limit / UNRESPONSIVE_CHECKS,
-                };
                 // Small request/response frames: do not let Nagle hold them back.
                 conn.tcp.nodelay = Some(true);
             });
@@ -323,11 +320,11 @@ impl RedisStore {
         match &result {
             // An answer, even an error reply, proves the connection works.
             Ok(_) | Err(StoreError::Command(_)) => self.inner.stalls.answered(index),
-            Err(StoreError::Timeout) => {
-                if self.inner.stalls.timed_out(index, Instant::now()) {
-                    self.replace_connection(index);
-                }
-            }
+            Err(StoreError::Timeout) => match self.inner.stalls.timed_out(index, Instant::now()) {
+                Stall::Began(run) => self.check_later(index, run),
+                Stall::Lasted => self.replace_connection(index),
+                Stall::Ongoing => {}
+            },
             // fred already knows the connection is down and is reconnecting.
             Err(_) => {}
         }
@@ -358,10 +355,26 @@ impl RedisStore {
         self.inner.pool.clients().get(index).is_some_and(|client| client.is_connected())
     }
 
-    /// Makes client `index` drop its connection and reconnect. fred's own unresponsive check
-    /// measures from the latest write, so under steady traffic it never fires on a connection
-    /// that takes writes but never answers (a dropped NAT or load-balancer entry, a half-open
-    /// TCP connection); the calls' timeouts show it instead.
+    /// Once the stall limit has passed, replaces client `index`'s connection if its run of
+    /// timeouts `run` is still on (no answer since, and not replaced by a later timeout): with
+    /// no other traffic, no later call would notice. Holds the store weakly, so it never keeps
+    /// a dropped store's connections alive.
+    fn check_later(&self, index: usize, run: u64) {
+        let store = Arc::downgrade(&self.inner);
+        let limit = self.inner.stalls.limit;
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            if let Some(inner) = store.upgrade() {
+                if inner.stalls.still_stalled(index, run) {
+                    RedisStore { inner }.replace_connection(index);
+                }
+            }
+        });
+    }
+
+    /// Makes client `index` drop its connection and reconnect: one that takes writes but never
+    /// answers (a dropped NAT or load-balancer entry, a half-open TCP connection) would fail
+    /// every call until TCP gives up.
     fn replace_connection(&self, index: usize) {
         let Some(client) = self.inner.pool.clients().get(index).cloned() else {
             return;
@@ -403,23 +416,48 @@ impl StallWatch {
         }
     }
 
-    /// Client `index` timed out at `now`. True (once per run) when its timeouts have lasted
-    /// the limit.
-    fn timed_out(&self, index: usize, now: Instant) -> bool {
+    /// Client `index` timed out at `now`: it began a run of timeouts, ended one that has
+    /// lasted the limit (once per run), or neither.
+    fn timed_out(&self, index: usize, now: Instant) -> Stall {
         let Some(slot) = self.since.get(index) else {
-            return false;
+            return Stall::Ongoing;
         };
         let now_ms =
             u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1;
         match slot.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => false,
+            Ok(_) => Stall::Began(now_ms),
             Err(first_ms) => {
                 let lasted = Duration::from_millis(now_ms.saturating_sub(first_ms));
-                lasted >= self.limit
+                if lasted >= self.limit
                     && slot.compare_exchange(first_ms, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+                {
+                    Stall::Lasted
+                } else {
+                    Stall::Ongoing
+                }
             }
         }
     }
+
+    /// Whether client `index`'s run of timeouts `run` is still on; if so, it ends here (the
+    /// caller replaces the connection), so it is reported once.
+    fn still_stalled(&self, index: usize, run: u64) -> bool {
+        self.since
+            .get(index)
+            .is_some_and(|slot| slot.compare_exchange(run, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok())
+    }
+}
+
+/// What a timeout means for its client's connection ([`StallWatch::timed_out`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// The first timeout since the last answer: the run it begins (pass it to
+    /// [`StallWatch::still_stalled`] once the limit has passed).
+    Began(u64),
+    /// The run has lasted the limit: replace the connection now.
+    Lasted,
+    /// Nothing to do.
+    Ongoing,
 }
 
 /// What a failed fred call means for the caller.
@@ -546,7 +584,7 @@ fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Sto
 }
 
 /// How long calls on a connection may keep timing out before it is treated as dead and
-/// replaced (both by fred's unresponsive check and by the [`StallWatch`]).
+/// replaced (by the [`StallWatch`]).
 fn stall_limit(timeout: Duration) -> Duration {
     (timeout * UNRESPONSIVE_TIMEOUTS).max(UNRESPONSIVE_MIN)
 }
@@ -687,22 +725,29 @@ mod tests {
         let watch = StallWatch::new(2, Duration::from_secs(2));
         let t0 = watch.epoch;
         let at = |ms| t0 + Duration::from_millis(ms);
-        assert!(!watch.timed_out(0, at(0)));
-        assert!(!watch.timed_out(0, at(1999)));
+        let Stall::Began(run) = watch.timed_out(0, at(0)) else { panic!("the first timeout begins a run") };
+        assert_eq!(watch.timed_out(0, at(1999)), Stall::Ongoing);
         // Client 1 has its own run.
-        assert!(!watch.timed_out(1, at(1999)));
-        assert!(watch.timed_out(0, at(2000)));
-        // Fired: the next timeout starts a new run.
-        assert!(!watch.timed_out(0, at(2100)));
-        assert!(!watch.timed_out(0, at(4000)));
-        // An answer ends the run.
+        assert!(matches!(watch.timed_out(1, at(1999)), Stall::Began(_)));
+        assert_eq!(watch.timed_out(0, at(2000)), Stall::Lasted);
+        // Ended by the timeout at 2000: the check the run began finds nothing to do.
+        assert!(!watch.still_stalled(0, run));
+        // The next timeout starts a new run.
+        let Stall::Began(run) = watch.timed_out(0, at(2100)) else { panic!("a new run") };
+        assert_eq!(watch.timed_out(0, at(4000)), Stall::Ongoing);
+        // An answer ends the run: its check finds nothing either.
         watch.answered(0);
-        assert!(!watch.timed_out(0, at(4100)));
-        assert!(!watch.timed_out(0, at(6000)));
-        assert!(watch.timed_out(0, at(6100)));
+        assert!(!watch.still_stalled(0, run));
+        let Stall::Began(run) = watch.timed_out(0, at(4100)) else { panic!("a new run") };
+        // No answer, no later timeout: the run's own check ends it, once.
+        assert!(watch.still_stalled(0, run));
+        assert!(!watch.still_stalled(0, run));
+        assert!(matches!(watch.timed_out(0, at(6000)), Stall::Began(_)));
+        assert_eq!(watch.timed_out(0, at(8100)), Stall::Lasted);
         // Out-of-range indexes are ignored.
         watch.answered(7);
-        assert!(!watch.timed_out(7, at(0)));
+        assert_eq!(watch.timed_out(7, at(0)), Stall::Ongoing);
+        assert!(!watch.still_stalled(7, 1));
     }
 
     #[test]
