@@ -100,9 +100,8 @@ fn remove_listed(headers: &mut HeaderMap, values: &[HeaderValue]) {
             || HOP_BY_HOP.iter().any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
     };
     for value in values {
-        // Nearly every `Connection` header is just one of these, which name nothing to remove.
-        let whole = value.as_bytes().trim_ascii();
-        if whole.eq_ignore_ascii_case(b"keep-alive") || whole.eq_ignore_ascii_case(b"close") {
+        // Most upstream responses say just this, which names only a header of the fixed list.
+        if value.as_bytes().trim_ascii().eq_ignore_ascii_case(KEEP_ALIVE.as_str().as_bytes()) {
             continue;
         }
         for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -203,6 +202,8 @@ mod tests {
             ("connection", "keep-alive, X-Custom-Hop"),
             ("connection", "close"),
             ("x-custom-hop", "1"),
+            // Named by `close`: a connection option names the header to remove, whatever it is.
+            ("close", "1"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
             ("te", "trailers"),
@@ -231,6 +232,13 @@ mod tests {
         ]);
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+
+        // A lone option, as most messages carry: `keep-alive` (no scan) and `close` (scanned).
+        for (option, named) in [(" Keep-Alive ", "keep-alive"), ("close", "close")] {
+            let mut h = map(&[("connection", option), (named, "1"), ("x-keep", "yes")]);
+            remove_hop_by_hop(&mut h, false);
+            assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"], "{option}");
+        }
 
         let mut h = map(&[("host", "example.com"), ("x-keep", "yes")]);
         remove_hop_by_hop(&mut h, false);
