@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""bench/ab.py: two builds of session-proxy (or the floor) in turns, on one upstream and Redis.
+
+A full `run.sh` compares scenarios whose rounds run at different moments, so a change of a
+few percent is lost in the host's drift. Here A and B run alternately (A, B, A, B, ...), each
+for DURATION seconds of wrk against the same upstream nginx and redis-server, and every round
+is measured in units of what did not change: the CPU per request of wrk and the upstream nginx
+(the yardstick of bench/report.py). What is left is the difference between the two builds.
+
+Usage:
+    bench/ab.py A B [--scenario 4|5|6] [--rounds 5] [--duration 6] [--warmup 2]
+
+A and B are a session-proxy binary (run with bench/conf/proxy.toml and RUST_LOG=warn), or
+`bare:PATH` for examples/bare_proxy.rs (the floor, scenario 7), or `bare+get:PATH` for the
+floor waiting for one fred GET (scenario 8). The scenario picks the request, as in run.sh: 4
+is the `session = false` route, 5 a session read with a valid cookie, 6 a read and a write
+(the floor forwards whatever it is sent). Needs wrk, nginx, redis-server and curl (run.sh
+installs them). Prints each round and the medians, and B's against A's.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+TICK = os.sysconf("SC_CLK_TCK")
+PATHS = {4: "/plain/", 5: "/", 6: "/update/"}
+SESSION = '{"user":"bench","role":"tester"}'
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def fill(template, out, **values):
+    with open(template) as f:
+        text = f.read()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    with open(out, "w") as f:
+        f.write(text)
+
+
+def wait_port(port, what):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"ab.py: {what} did not listen on port {port}")
+
+
+def cpu_ticks(pids):
+    """(user, system) clock ticks summed over the processes (all their threads)."""
+    user = system = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user, system
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], stdout=subprocess.PIPE, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+class Processes:
+    """What the run started, stopped newest first."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, log, env=None):
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def parse_spec(spec):
+    """("bare" | "bare+get" | "", the binary's path) of a command-line build."""
+    kind, _, path = spec.partition(":")
+    return (kind, path) if kind in ("bare", "bare+get") else ("", spec)
+
+
+def start_proxy(spec, port, ports, tmp, procs, name):
+    log = open(os.path.join(tmp, f"{name}.log"), "w")
+    kind, path = parse_spec(spec)
+    if kind:
+        args = [path, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{ports['upstream']}"]
+        if kind == "bare+get":
+            args += ["--redis", f"redis://127.0.0.1:{ports['redis']}"]
+        return procs.start(args, log)
+    config = os.path.join(tmp, f"{name}.toml")
+    fill(os.path.join(BENCH, "conf", "proxy.toml"), config, LISTEN_PORT=port,
+         REDIS_PORT=ports["redis"], UPSTREAM_PORT=ports["upstream"])
+    return procs.start([path, "--config", config], log, env={**os.environ, "RUST_LOG": "warn"})
+
+
+def session_cookie(port):
+    """The cookie a session-proxy sets for a request to the update route."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/update/", timeout=5) as resp:
+        for value in resp.headers.get_all("Set-Cookie") or []:
+            return value.split(";", 1)[0]
+    return None
+
+
+def wrk(url, seconds, cookie):
+    """The number of requests wrk made (its CPU time shows in `os.times()`'s children)."""
+    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", url]
+    if cookie:
+        args[1:1] = ["-H", f"Cookie: {cookie}"]
+    out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+    match = re.search(r"(\d+) requests in", out)
+    if not match or "Non-2xx" in out:
+        sys.exit(f"ab.py: wrk on {url} failed or got errors:\n{out}")
+    return int(match.group(1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--scenario", type=int, choices=sorted(PATHS), default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    opts = parser.parse_args()
+    for tool in ("wrk", "nginx", "redis-server", "redis-cli"):
+        if not shutil.which(tool):
+            sys.exit(f"ab.py: {tool} is missing (bench/run.sh installs it)")
+    for spec in (opts.a, opts.b):
+        path = parse_spec(spec)[1]
+        if not os.access(path, os.X_OK):
+            sys.exit(f"ab.py: {path} is not an executable")
+
+    tmp = tempfile.mkdtemp(prefix="session-proxy-ab.")
+    procs = Processes()
+    try:
+        ports = dict(zip(("redis", "upstream", "a", "b"), free_ports(4)))
+        procs.start(["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "no", "--dir", tmp],
+                    open(os.path.join(tmp, "redis.log"), "w"))
+        prefix = os.path.join(tmp, "upstream")
+        os.makedirs(prefix)
+        fill(os.path.join(BENCH, "conf", "nginx-upstream.conf"), os.path.join(prefix, "nginx.conf"),
+             PREFIX=prefix, UPSTREAM_PORT=ports["upstream"])
+        upstream = procs.start(["nginx", "-p", prefix, "-e", os.path.join(prefix, "error.log"),
+                                "-c", os.path.join(prefix, "nginx.conf"),
+                                "-g", "daemon off; master_process on;"],
+                               open(os.path.join(prefix, "out.log"), "w"))
+        wait_port(ports["redis"], "redis-server")
+        subprocess.run(["redis-cli", "-p", str(ports["redis"]), "set", "bare-proxy:session", SESSION],
+                       check=True, stdout=subprocess.DEVNULL)
+        proxies = {n: start_proxy(spec, ports[n], ports, tmp, procs, n)
+                   for n, spec in (("a", opts.a), ("b", opts.b))}
+        wait_port(ports["upstream"], "the upstream nginx")
+        for n in proxies:
+            wait_port(ports[n], f"proxy {n.upper()}")
+
+        # One cookie serves both when both are session-proxy (same config and secret).
+        cookie = None
+        if opts.scenario in (5, 6):
+            sp = [n for n, spec in (("a", opts.a), ("b", opts.b)) if not parse_spec(spec)[0]]
+            cookie = session_cookie(ports[sp[0]]) if sp else None
+            if sp and not cookie:
+                sys.exit("ab.py: session-proxy set no session cookie")
+
+        url = {n: f"http://127.0.0.1:{ports[n]}{PATHS[opts.scenario]}" for n in proxies}
+        for n in proxies:
+            wrk(url[n], opts.warmup, cookie)
+
+        rows = {"a": [], "b": []}
+        print(f"scenario {opts.scenario}, {opts.rounds} rounds of {opts.duration} s each, A and B in turns")
+        print("round  build    req/s  user µs/req  kernel µs/req  CPU/req in yardsticks")
+        for round_no in range(1, opts.rounds + 1):
+            for n, proc in proxies.items():
+                upstream_pids = [upstream.pid] + children(upstream.pid)
+                p0, u0 = cpu_ticks([proc.pid]), cpu_ticks(upstream_pids)
+                w0 = os.times()
+                requests = wrk(url[n], opts.duration, cookie)
+                w1 = os.times()
+                p1, u1 = cpu_ticks([proc.pid]), cpu_ticks(upstream_pids)
+                per_req = 1e6 / requests
+                user = (p1[0] - p0[0]) / TICK * per_req
+                kernel = (p1[1] - p0[1]) / TICK * per_req
+                upstream_us = (sum(u1) - sum(u0)) / TICK * per_req
+                wrk_us = (w1.children_user + w1.children_system - w0.children_user - w0.children_system) * per_req
+                yard = (wrk_us + upstream_us) / 2
+                row = (requests / opts.duration, user, kernel, (user + kernel) / yard if yard else float("nan"))
+                rows[n].append(row)
+                print(f"{round_no:5}  {n.upper():5} {row[0]:8.0f}  {row[1]:11.2f}  {row[2]:13.2f}  {row[3]:21.3f}")
+
+        med = {n: [statistics.median(col) for col in zip(*rows[n])] for n in rows}
+        print("\nmedians")
+        for n in rows:
+            m = med[n]
+            print(f"       {n.upper():5} {m[0]:8.0f}  {m[1]:11.2f}  {m[2]:13.2f}  {m[3]:21.3f}")
+        a, b = med["a"], med["b"]
+        print(f"\nB against A: req/s {b[0] / a[0]:.3f}x, CPU per request in yardsticks {b[3] / a[3]:.3f}x")
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
