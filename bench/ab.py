@@ -126,10 +126,16 @@ def start_proxy(spec, port, ports, tmp, procs, name):
 
 
 def session_cookie(port):
-    """The cookie a session-proxy sets for a request to the update route."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/update/", timeout=5) as resp:
-        for value in resp.headers.get_all("Set-Cookie") or []:
-            return value.split(";", 1)[0]
+    """The cookie a session-proxy sets for a request to the update route, once its Redis
+    connection is up (it connects in the background and answers 503 until then)."""
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/update/", timeout=5) as resp:
+                for value in resp.headers.get_all("Set-Cookie") or []:
+                    return value.split(";", 1)[0]
+        except OSError:  # urllib's HTTPError (the 503) is one
+            pass
+        time.sleep(0.1)
     return None
 
 
