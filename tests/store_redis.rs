@@ -357,15 +357,21 @@ async fn relay(
     }
 }
 
-/// With no other traffic, a connection that took a call and never answered is replaced by
-/// itself: the next call, however much later, finds a working connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silently_dropped_connection_is_replaced_without_traffic() {
+/// A store connected through a [`BlackholeRelay`], serving, with `k` set to `{}`.
+async fn store_behind_relay() -> (RedisServer, BlackholeRelay, Store) {
     let redis = RedisServer::start();
     let relay = BlackholeRelay::start(redis.port()).await;
     let store = connect(&store_config(relay.url(), None)).await;
     wait_until_serving(&store).await;
     guarded("set", store.set("k", "{}", 60)).await.unwrap();
+    (redis, relay, store)
+}
+
+/// With no other traffic, a connection that took a call and never answered is replaced by
+/// itself: the next call, however much later, finds a working connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dropped_connection_is_replaced_without_traffic() {
+    let (_redis, relay, store) = store_behind_relay().await;
 
     relay.cut_open_connections();
     // One call per pooled client (the store takes them in turn): each goes unanswered.
@@ -382,18 +388,14 @@ async fn a_silently_dropped_connection_is_replaced_without_traffic() {
     }
 }
 
-/// Under steady traffic, a connection that accepts writes but never answers is detected from
-/// the calls' timeouts and replaced, without waiting for TCP to give up.
+/// Under steady traffic, a connection that accepts writes but never answers is replaced once
+/// its calls have gone unanswered for the stall limit, without waiting for TCP to give up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dropped_connection_is_replaced_under_steady_traffic() {
-    let redis = RedisServer::start();
-    let relay = BlackholeRelay::start(redis.port()).await;
-    let store = connect(&store_config(relay.url(), None)).await;
-    wait_until_serving(&store).await;
-    guarded("set", store.set("k", "{}", 60)).await.unwrap();
+    let (_redis, relay, store) = store_behind_relay().await;
 
-    // Steady background traffic: a new call every few milliseconds on every client, which
-    // keeps fred's own unresponsive check (time since the last write) from ever firing.
+    // Steady background traffic: a new call every few milliseconds on every client (a check
+    // that measures from the latest write, as fred's unresponsive check does, never fires).
     let traffic = {
         let store = store.clone();
         tokio::spawn(async move {

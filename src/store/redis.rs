@@ -16,9 +16,8 @@
 //!   never fires. The store's own stall watch covers a connection that takes writes but no
 //!   longer answers (a dropped NAT or load-balancer entry, a half-open TCP connection, which
 //!   would otherwise fail every call until TCP gives up): the first timeout of a run starts
-//!   one timer, and a client whose calls have had no answer for the stall limit is told to
-//!   reconnect, under steady traffic at its next timeout, with no traffic when that timer
-//!   fires.
+//!   one timer, and a client that has had no answer when it fires (the stall limit) is told
+//!   to reconnect, whatever the traffic.
 //! - `max_command_buffer_len`: commands queued while disconnected are bounded, so a long outage
 //!   cannot grow memory; overflow fails at once.
 //! - `rediss://`: rustls with the ring provider, roots from the system plus `ca_file`.
@@ -320,11 +319,11 @@ impl RedisStore {
         match &result {
             // An answer, even an error reply, proves the connection works.
             Ok(_) | Err(StoreError::Command(_)) => self.inner.stalls.answered(index),
-            Err(StoreError::Timeout) => match self.inner.stalls.timed_out(index, Instant::now()) {
-                Stall::Began(run) => self.check_later(index, run),
-                Stall::Lasted => self.replace_connection(index),
-                Stall::Ongoing => {}
-            },
+            Err(StoreError::Timeout) => {
+                if let Some(run) = self.inner.stalls.timed_out(index, Instant::now()) {
+                    self.check_later(index, run);
+                }
+            }
             // fred already knows the connection is down and is reconnecting.
             Err(_) => {}
         }
@@ -356,8 +355,8 @@ impl RedisStore {
     }
 
     /// Once the stall limit has passed, replaces client `index`'s connection if its run of
-    /// timeouts `run` is still on (no answer since, and not replaced by a later timeout): with
-    /// no other traffic, no later call would notice. Holds the store weakly, so it never keeps
+    /// timeouts `run` is still on (no answer since). A timer rather than a later call's
+    /// timeout: with no other traffic there is none. Holds the store weakly, so it never keeps
     /// a dropped store's connections alive.
     fn check_later(&self, index: usize, run: u64) {
         let store = Arc::downgrade(&self.inner);
@@ -397,7 +396,8 @@ struct StallWatch {
     epoch: Instant,
     /// Milliseconds since `epoch` plus one when the current run of timeouts began; 0: none.
     since: Box<[AtomicU64]>,
-    /// How long a run of timeouts may last before the connection is replaced.
+    /// How long a run of timeouts may last before the connection is replaced (the delay of
+    /// the check each run starts).
     limit: Duration,
 }
 
@@ -416,27 +416,14 @@ impl StallWatch {
         }
     }
 
-    /// Client `index` timed out at `now`: it began a run of timeouts, ended one that has
-    /// lasted the limit (once per run), or neither.
-    fn timed_out(&self, index: usize, now: Instant) -> Stall {
-        let Some(slot) = self.since.get(index) else {
-            return Stall::Ongoing;
-        };
+    /// Client `index` timed out at `now`. The first timeout since its last answer begins a run
+    /// and returns it, for [`StallWatch::still_stalled`] once the limit has passed; later ones
+    /// return `None`.
+    fn timed_out(&self, index: usize, now: Instant) -> Option<u64> {
+        let slot = self.since.get(index)?;
         let now_ms =
             u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1) + 1;
-        match slot.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => Stall::Began(now_ms),
-            Err(first_ms) => {
-                let lasted = Duration::from_millis(now_ms.saturating_sub(first_ms));
-                if lasted >= self.limit
-                    && slot.compare_exchange(first_ms, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-                {
-                    Stall::Lasted
-                } else {
-                    Stall::Ongoing
-                }
-            }
-        }
+        slot.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok().then_some(now_ms)
     }
 
     /// Whether client `index`'s run of timeouts `run` is still on; if so, it ends here (the
@@ -446,18 +433,6 @@ impl StallWatch {
             .get(index)
             .is_some_and(|slot| slot.compare_exchange(run, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok())
     }
-}
-
-/// What a timeout means for its client's connection ([`StallWatch::timed_out`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stall {
-    /// The first timeout since the last answer: the run it begins (pass it to
-    /// [`StallWatch::still_stalled`] once the limit has passed).
-    Began(u64),
-    /// The run has lasted the limit: replace the connection now.
-    Lasted,
-    /// Nothing to do.
-    Ongoing,
 }
 
 /// What a failed fred call means for the caller.
@@ -725,28 +700,25 @@ mod tests {
         let watch = StallWatch::new(2, Duration::from_secs(2));
         let t0 = watch.epoch;
         let at = |ms| t0 + Duration::from_millis(ms);
-        let Stall::Began(run) = watch.timed_out(0, at(0)) else { panic!("the first timeout begins a run") };
-        assert_eq!(watch.timed_out(0, at(1999)), Stall::Ongoing);
+        let run = watch.timed_out(0, at(0)).expect("the first timeout begins a run");
+        // Later timeouts belong to the same run.
+        assert_eq!(watch.timed_out(0, at(1999)), None);
+        assert_eq!(watch.timed_out(0, at(2500)), None);
         // Client 1 has its own run.
-        assert!(matches!(watch.timed_out(1, at(1999)), Stall::Began(_)));
-        assert_eq!(watch.timed_out(0, at(2000)), Stall::Lasted);
-        // Ended by the timeout at 2000: the check the run began finds nothing to do.
-        assert!(!watch.still_stalled(0, run));
-        // The next timeout starts a new run.
-        let Stall::Began(run) = watch.timed_out(0, at(2100)) else { panic!("a new run") };
-        assert_eq!(watch.timed_out(0, at(4000)), Stall::Ongoing);
-        // An answer ends the run: its check finds nothing either.
-        watch.answered(0);
-        assert!(!watch.still_stalled(0, run));
-        let Stall::Began(run) = watch.timed_out(0, at(4100)) else { panic!("a new run") };
-        // No answer, no later timeout: the run's own check ends it, once.
+        assert!(watch.timed_out(1, at(1999)).is_some());
+        // No answer since: the run's check ends it, once; the next timeout begins a new run.
         assert!(watch.still_stalled(0, run));
         assert!(!watch.still_stalled(0, run));
-        assert!(matches!(watch.timed_out(0, at(6000)), Stall::Began(_)));
-        assert_eq!(watch.timed_out(0, at(8100)), Stall::Lasted);
+        let run = watch.timed_out(0, at(2600)).expect("a new run");
+        // An answer ends the run: its check finds nothing, and a run begun since is another.
+        watch.answered(0);
+        assert!(!watch.still_stalled(0, run));
+        let later = watch.timed_out(0, at(4100)).expect("a new run");
+        assert!(!watch.still_stalled(0, run));
+        assert!(watch.still_stalled(0, later));
         // Out-of-range indexes are ignored.
         watch.answered(7);
-        assert_eq!(watch.timed_out(7, at(0)), Stall::Ongoing);
+        assert_eq!(watch.timed_out(7, at(0)), None);
         assert!(!watch.still_stalled(7, 1));
     }
 
