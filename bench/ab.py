@@ -31,6 +31,8 @@ import tempfile
 import time
 import urllib.request
 
+from report import yardstick  # bench/report.py: the same unit as a full run's report
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 TICK = os.sysconf("SC_CLK_TCK")
 PATHS = {4: "/plain/", 5: "/", 6: "/update/"}
@@ -220,7 +222,7 @@ def main():
                 kernel = (p1[1] - p0[1]) / TICK * per_req
                 upstream_us = (sum(u1) - sum(u0)) / TICK * per_req
                 wrk_us = (w1.children_user + w1.children_system - w0.children_user - w0.children_system) * per_req
-                yard = (wrk_us + upstream_us) / 2
+                yard = yardstick({"wrk_us": wrk_us, "upstream_us": upstream_us})
                 row = (requests / opts.duration, user, kernel, (user + kernel) / yard if yard else float("nan"))
                 rows[n].append(row)
                 print(f"{round_no:5}  {n.upper():5} {row[0]:8.0f}  {row[1]:11.2f}  {row[2]:13.2f}  {row[3]:21.3f}")
