@@ -9,7 +9,8 @@
 #   - installs what is missing: wrk, nginx (nginx-light when apt has it), redis-server, curl
 #     (apt-get); the Node proxy's dependencies (`npm ci` in bench/node-proxy, from the
 #     committed package-lock.json); the machine's Node.js (>= 18) and python3 are used as is;
-#   - builds session-proxy in release mode (`cargo build --release --locked`; set
+#   - builds session-proxy in release mode with a training profile (scripts/build-pgo.sh, the
+#     build for production; PGO=0 for a plain `cargo build --release --locked`; set
 #     CARGO_TARGET_DIR to build elsewhere);
 #   - starts, each as its own process under a temp dir, on free loopback ports: a redis-server
 #     (no persistence), the upstream (nginx `return 200` with a 24-byte body, conf/
@@ -61,7 +62,7 @@
 # speed drifts over minutes: five rounds sample each scenario at more moments than three),
 # CONNECTIONS=64, THREADS=2, IDLE_CONNECTIONS=10000 (0 skips that test), WRK_CPUS= PROXY_CPUS= (no pinning),
 # FLOOR= (1 adds scenarios 7 and 8, about 2 minutes more), BARE_PROXY_BIN= (their binary,
-# else built with session-proxy), SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
+# else built with session-proxy, the same way), PGO=1 (0: plain release builds), SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
 # `git archive` export instead of the work tree), RESULTS_FILE= (instead of
 # bench/results/<date>.md), KEEP_TMP=1 (keep the temp dir with every raw
 # wrk output and log), NO_INSTALL=1 (never call apt-get/npm install).
@@ -84,6 +85,7 @@ THREADS="${THREADS:-2}"
 IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-10000}"
 WRK_CPUS="${WRK_CPUS:-}"
 FLOOR="${FLOOR:-0}"
+PGO="${PGO:-1}"
 PROXY_CPUS="${PROXY_CPUS:-}"
 SESSION_SECRET_NODE="bench-node-secret"
 
@@ -139,8 +141,9 @@ install_deps() {
 
 # ---------------------------------------------------------------- build
 build() {
-    # What cargo must build: session-proxy unless prebuilt, the floor's example with FLOOR=1
-    # unless prebuilt.
+    # What must be built: session-proxy unless prebuilt, the floor's example with FLOOR=1
+    # unless prebuilt. PGO=1 builds both with scripts/build-pgo.sh, which always builds
+    # session-proxy (a prebuilt one is still the one measured).
     local targets=()
     if [[ -n "${SESSION_PROXY_BIN:-}" ]]; then
         [[ -x "$SESSION_PROXY_BIN" ]] || die "SESSION_PROXY_BIN=$SESSION_PROXY_BIN is not executable"
@@ -163,15 +166,29 @@ build() {
         git -C "$ROOT" archive "$BENCH_REV" | tar -x -C "$src"
         from="git archive $(git -C "$ROOT" rev-parse --short "$BENCH_REV")"
     fi
-    local target="${CARGO_TARGET_DIR:-$src/target}"
-    log "cargo build --release --locked ${targets[*]} ($from, target dir $target)"
-    (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet "${targets[@]}") \
-        || die "cargo build --release failed"
+    local target="${CARGO_TARGET_DIR:-$src/target}" out
+    if [[ $PGO == 1 ]]; then
+        [[ -x "$src/scripts/build-pgo.sh" ]] || die "$from has no scripts/build-pgo.sh: run with PGO=0"
+        local floor=()
+        [[ " ${targets[*]} " == *" bare_proxy "* ]] && floor=(--floor)
+        log "scripts/build-pgo.sh ${floor[*]} ($from, target dir $target)"
+        (cd "$src" && CARGO_TARGET_DIR="$target" scripts/build-pgo.sh "${floor[@]}") \
+            || die "scripts/build-pgo.sh failed"
+        out="$target/pgo" from="$from, PGO (scripts/build-pgo.sh)"
+    else
+        log "cargo build --release --locked ${targets[*]} ($from, target dir $target)"
+        (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --release --locked --quiet "${targets[@]}") \
+            || die "cargo build --release failed"
+        out="$target/release" from="$from, cargo build --release"
+    fi
     if [[ -z "${SESSION_PROXY_BIN:-}" ]]; then
-        BIN="$target/release/session-proxy"
+        BIN="$out/session-proxy"
         BUILT_FROM="$from"
     fi
-    [[ -n "$BARE_BIN" || $FLOOR != 1 ]] || BARE_BIN="$target/release/examples/bare_proxy"
+    if [[ -z "$BARE_BIN" && $FLOOR == 1 ]]; then
+        BARE_BIN="$out/bare_proxy"
+        [[ $PGO == 1 ]] || BARE_BIN="$out/examples/bare_proxy"
+    fi
 }
 
 # ---------------------------------------------------------------- processes

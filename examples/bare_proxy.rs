@@ -94,8 +94,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async move {
         // Silent: bench/run.sh reports any line a proxy logs.
         let listener = TcpListener::bind(listen).await?;
+        // SIGTERM ends the process normally, so that a build instrumented for PGO
+        // (scripts/build-pgo.sh) writes its profile.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         for next in (0..workers.len()).cycle() {
-            let (stream, _) = listener.accept().await?;
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = terminate.recv() => return Ok(()),
+            };
             let stream = stream.into_std()?;
             let (handle, worker) = workers[next].clone();
             handle.spawn(async move {
