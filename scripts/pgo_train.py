@@ -7,7 +7,9 @@ requests a production proxy sees, so that the profile it writes at exit says whi
 - plain HTTP/1.1 keep-alive on a `session = false` route and on session routes: no cookie,
   a valid cookie (a store read), an update on the response (a read and a write), a new id
   (regenerate), a destroyed session, a forged or stale cookie; GET, HEAD and POST with a
-  Content-Length or a chunked body; small, large and chunked responses;
+  Content-Length or a chunked body; small, large and chunked responses; upgraded
+  connections (bytes both ways through the tunnel); the admin endpoints; the same mix on the
+  memory store;
 - the same over TLS (HTTP/1.1), and HTTP/2 over TLS and in cleartext (curl, a request per
   connection), when `openssl` and a curl with HTTP/2 are there (else it says what it skipped);
 
@@ -89,6 +91,12 @@ async def upstream(reader, writer):
                 return  # the proxy closed the connection, or the run is over
             method, path = start.split(b" ")[:2]
             await read_body(reader, headers)
+            if path.endswith(b"/ws"):
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+                while data := await reader.read(65536):  # an echo, until the client closes
+                    writer.write(data)
+                    await writer.drain()
+                return
             extra, body, chunked = [], SMALL, False
             if b"/update/" in path:
                 extra.append(b"x-session-update: " + SESSION)
@@ -191,6 +199,35 @@ async def drive(port, tls, requests, connections):
     return cookie
 
 
+async def drive_upgrades(port, tunnels, messages):
+    """Upgraded connections (as WebSockets are): a 101, then bytes both ways through the tunnel."""
+    async def one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /plain/ws HTTP/1.1\r\nhost: train.local\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        start, _ = await read_head(reader)
+        if start.split(b" ")[1] != b"101":
+            sys.exit(f"pgo_train.py: an upgrade got {start.decode()}")
+        for _ in range(messages):
+            writer.write(BIG[:1024])
+            await reader.readexactly(1024)
+        writer.close()
+    for _ in range(tunnels // 8):
+        await asyncio.gather(*(one() for _ in range(8)))
+
+
+async def scrape(port, paths, times):
+    """The admin listener's endpoints, as a monitor polls them."""
+    for _ in range(times):
+        for path in paths:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET " + path + b" HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+            start, headers = await read_head(reader)
+            await read_body(reader, headers)
+            writer.close()
+            if start.split(b" ")[1] != b"200":
+                sys.exit(f"pgo_train.py: admin {path.decode()} answered {start.decode()}")
+
+
 async def drive_bare(port, requests, connections):
     async def one():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -235,15 +272,19 @@ def stop(proc, what):
         sys.exit(f"pgo_train.py: {what} exited with {code}")
 
 
-def config(tmp, name, listen, redis_port, upstream_port, tls=None):
-    tls_lines = f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n' if tls else ""
+def config(tmp, name, listen, store, upstream_port, tls=None, admin=None):
+    """A proxy.toml: `store` is the store's URL, `tls` (cert, key) paths, `admin` a port."""
+    server = f'listen = "127.0.0.1:{listen}"\n'
+    if tls:
+        server += f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n'
+    if admin:
+        server += f'admin_listen = "127.0.0.1:{admin}"\n'
     path = os.path.join(tmp, f"{name}.toml")
     with open(path, "w") as f:
         f.write(f"""[server]
-listen = "127.0.0.1:{listen}"
-{tls_lines}
+{server}
 [store]
-url = "redis://127.0.0.1:{redis_port}"
+url = "{store}"
 key_prefix = "_session:"
 
 [session]
@@ -283,22 +324,25 @@ def main():
 
     loop = asyncio.new_event_loop()
     try:
-        redis_port, upstream_port, plain_port, tls_port = (free_port() for _ in range(4))
+        redis_port, upstream_port, plain_port, tls_port, memory_port, admin_port = (free_port() for _ in range(6))
         redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                        "--appendonly", "no", "--dir", tmp], "redis")
         server = loop.run_until_complete(asyncio.start_server(upstream, "127.0.0.1", upstream_port))
         wait_port(redis_port, redis, "redis-server")
         env = {**os.environ, "RUST_LOG": "warn"}
 
-        proxy = start([a.proxy, "--config", config(tmp, "plain", plain_port, redis_port, upstream_port)],
-                      "proxy", env=env)
+        redis_url = f"redis://127.0.0.1:{redis_port}"
+        proxy = start([a.proxy, "--config", config(tmp, "plain", plain_port, redis_url, upstream_port,
+                                                   admin=admin_port)], "proxy", env=env)
+        memory = start([a.proxy, "--config", config(tmp, "memory", memory_port, "memory://", upstream_port)],
+                       "proxy-memory", env=env)
         tls = None
         if shutil.which("openssl"):
             cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                             "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            tls = start([a.proxy, "--config", config(tmp, "tls", tls_port, redis_port, upstream_port, (cert, key))],
+            tls = start([a.proxy, "--config", config(tmp, "tls", tls_port, redis_url, upstream_port, (cert, key))],
                         "proxy-tls", env=env)
         else:
             print("pgo_train.py: no openssl, so TLS is not trained", file=sys.stderr)
@@ -307,6 +351,13 @@ def main():
         t0 = time.monotonic()
         cookie = loop.run_until_complete(drive(plain_port, None, a.requests, a.connections))
         trained = [f"{a.requests} HTTP/1.1"]
+        loop.run_until_complete(drive_upgrades(plain_port, 64, 20))
+        loop.run_until_complete(scrape(admin_port, (b"/metrics", b"/healthz", b"/readyz"), 20))
+        trained += ["64 upgrades", "60 admin"]
+        wait_port(memory_port, memory, "session-proxy on the memory store")
+        loop.run_until_complete(drive(memory_port, None, a.requests // 4, a.connections // 2))
+        trained.append(f"{a.requests // 4} HTTP/1.1 on the memory store")
+        stop(memory, "session-proxy on the memory store")
         h2_urls = [f"http://127.0.0.1:{plain_port}{p}" for p in ("/plain/", "/", "/update/", "/plain/big")] * 25
         if loop.run_until_complete(curl_h2(h2_urls, ["--http2-prior-knowledge"], cookie)):
             trained.append(f"{len(h2_urls)} h2c")
@@ -337,7 +388,7 @@ def main():
                 loop.run_until_complete(drive_bare(port, a.requests // 2, a.connections))
                 stop(proc, what)
             trained.append(f"{a.requests // 2} each through the bare proxies")
-        print(f"pgo_train.py: trained on {', '.join(trained)} requests in {time.monotonic() - t0:.1f} s")
+        print(f"pgo_train.py: trained on {', '.join(trained)} (requests) in {time.monotonic() - t0:.1f} s")
     finally:
         for proc in procs:
             if proc.poll() is None:
