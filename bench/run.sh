@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh: session-proxy side by side with nginx and a Node.js session proxy (issue 5).
 #
-# Usage (from anywhere; needs root for the installs, Linux /proc, about 6 minutes):
+# Usage (from anywhere; needs root for the installs, Linux /proc, about 8 minutes, 10 with FLOOR=1, plus the build):
 #
 #   bench/run.sh
 #
