@@ -18,6 +18,7 @@
 //! - [`tls`]: HTTPS termination.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload, for the binary.
 
+pub mod alloc;
 pub mod config;
 pub mod metrics;
 pub mod server;

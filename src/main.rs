@@ -23,6 +23,9 @@ struct Args {
 /// distinct from 1 (could not start for another reason).
 const EXIT_INVALID_CONFIG: u8 = 2;
 
+#[global_allocator]
+static ALLOCATOR: session_proxy::alloc::Mimalloc = session_proxy::alloc::Mimalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if !args.check {

@@ -85,11 +85,8 @@ pub struct Metrics {
     forged_headers: Counter,
     open_connections: Gauge,
     parked_connections: Gauge,
-    /// Every park so far; also what tells the memory trimmer (`server::trim`) that a crowd of
-    /// connections has just given back its buffers.
+    /// Every park so far.
     parks: Counter,
-    /// `malloc_trim` calls after bursts of parks.
-    memory_trims: Counter,
     /// Handles for requests that matched no route.
     unmatched: RouteMetrics,
 }
@@ -165,12 +162,6 @@ impl Metrics {
             "Times an idle HTTP/1 keep-alive connection gave back its buffers",
             parks.clone(),
         );
-        let memory_trims = Counter::default();
-        registry.register(
-            "memory_trims",
-            "Times freed memory was given back to the OS after a burst of parked connections",
-            memory_trims.clone(),
-        );
 
         for kind in STORE_ERROR_KINDS {
             let _ = store_errors.get_or_create(&KindLabels { kind });
@@ -197,7 +188,6 @@ impl Metrics {
             open_connections,
             parked_connections,
             parks,
-            memory_trims,
             unmatched: RouteMetrics::placeholder(),
         };
         metrics.unmatched = metrics.route("-");
@@ -273,15 +263,6 @@ impl Metrics {
     pub(crate) fn connection_parked(&self) {
         self.parked_connections.inc();
         self.parks.inc();
-    }
-
-    /// Parks since the start.
-    pub(crate) fn parks(&self) -> u64 {
-        self.parks.get()
-    }
-
-    pub(crate) fn memory_trimmed(&self) {
-        self.memory_trims.inc();
     }
 
     pub(crate) fn connection_unparked(&self) {
@@ -397,6 +378,5 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("session_proxy_parked_connections 0\n"));
         assert!(text.contains("session_proxy_connection_parks_total 1\n"));
-        assert_eq!(m.parks(), 1);
     }
 }

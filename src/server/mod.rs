@@ -27,7 +27,6 @@ use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
 
 mod conn;
-mod trim;
 mod workers;
 
 use conn::{Connection, Serving};
@@ -226,14 +225,13 @@ impl Server {
             shared.iter().map(|s| Arc::new(Serving::new(s.clone(), tls.clone(), limits.clone()))).collect();
         // Every connection holds a receiver; the drain ends when the last one is dropped.
         let (stop, stopping) = watch::channel(false);
-        // Stops the admin listener and the memory trimmer once the drain is over.
+        // Stops the admin listener once the drain is over.
         let (background_stop, background_stopped) = watch::channel(false);
         // The admin listener runs here, on the caller's runtime; `/readyz` pings every
         // worker's store.
         let stores: Arc<[Store]> = shared.iter().map(|s| s.store.clone()).collect();
-        let admin_task = admin
-            .map(|l| tokio::spawn(admin::serve(l, shared[0].clone(), stores, background_stopped.clone())));
-        let trim_task = tokio::spawn(trim::run(shared[0].metrics.clone(), background_stopped));
+        let admin_task =
+            admin.map(|l| tokio::spawn(admin::serve(l, shared[0].clone(), stores, background_stopped)));
 
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -279,7 +277,6 @@ impl Server {
         if let Some(task) = admin_task {
             let _ = task.await;
         }
-        let _ = trim_task.await;
         // Each worker closes its own store connections, on its own runtime; then the workers
         // stop, dropping what is left (connections past the grace, idle upstream connections).
         let closing: Vec<_> = shared
