@@ -12,9 +12,12 @@ Usage:
 
 A and B are a session-proxy binary (run with bench/conf/proxy.toml and RUST_LOG=warn), or
 `bare:PATH` for examples/bare_proxy.rs (the floor, scenario 7), or `bare+get:PATH` for the
-floor waiting for one fred GET (scenario 8). The scenario picks the request, as in run.sh: 4
-is the `session = false` route, 5 a session read with a valid cookie, 6 a read and a write
-(the floor forwards whatever it is sent). Needs wrk, nginx, redis-server and curl (run.sh
+floor waiting for one fred GET (scenario 8), or `nginx` for nginx as a reverse proxy with
+bench/conf/nginx-proxy.conf (scenario 2; its CPU is its master's and workers'). The scenario
+picks the request, as in run.sh: 4 is the `session = false` route, 5 a session read with a
+valid cookie, 6 a read and a write (the floor and nginx forward whatever they are sent).
+`bench/ab.py nginx target/pgo/session-proxy --scenario 4` is target (4) with the drift of a
+full run taken out: the two proxies in turns, seconds apart. Needs wrk, nginx, redis-server and curl (run.sh
 installs them). Prints each round and the medians, and B's against A's.
 """
 
@@ -108,7 +111,9 @@ class Processes:
 
 
 def parse_spec(spec):
-    """("bare" | "bare+get" | "", the binary's path) of a command-line build."""
+    """("bare" | "bare+get" | "nginx" | "", the binary's path) of a command-line build."""
+    if spec == "nginx":
+        return ("nginx", shutil.which("nginx") or "nginx")
     kind, _, path = spec.partition(":")
     return (kind, path) if kind in ("bare", "bare+get") else ("", spec)
 
@@ -116,6 +121,14 @@ def parse_spec(spec):
 def start_proxy(spec, port, ports, tmp, procs, name):
     log = open(os.path.join(tmp, f"{name}.log"), "w")
     kind, path = parse_spec(spec)
+    if kind == "nginx":
+        prefix = os.path.join(tmp, name)
+        os.makedirs(prefix)
+        fill(os.path.join(BENCH, "conf", "nginx-proxy.conf"), os.path.join(prefix, "nginx.conf"),
+             PREFIX=prefix, UPSTREAM_PORT=ports["upstream"], LISTEN_PORT=port)
+        return procs.start([path, "-p", prefix, "-e", os.path.join(prefix, "error.log"),
+                            "-c", os.path.join(prefix, "nginx.conf"), "-g", "daemon off; master_process on;"],
+                           log)
     if kind:
         args = [path, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{ports['upstream']}"]
         if kind == "bare+get":
@@ -167,7 +180,7 @@ def main():
             sys.exit(f"ab.py: {tool} is missing (bench/run.sh installs it)")
     for spec in (opts.a, opts.b):
         path = parse_spec(spec)[1]
-        if not os.access(path, os.X_OK):
+        if not os.access(path, os.X_OK) and spec != "nginx":
             sys.exit(f"ab.py: {path} is not an executable")
 
     tmp = tempfile.mkdtemp(prefix="session-proxy-ab.")
@@ -208,32 +221,37 @@ def main():
 
         rows = {"a": [], "b": []}
         print(f"scenario {opts.scenario}, {opts.rounds} rounds of {opts.duration} s each, A and B in turns")
-        print("round  build    req/s  user µs/req  kernel µs/req  CPU/req in yardsticks")
+        print("round  build    req/s  user µs/req  kernel µs/req  CPU/req in yardsticks  yardstick µs (wrk, upstream)")
         for round_no in range(1, opts.rounds + 1):
             for n, proc in proxies.items():
                 upstream_pids = [upstream.pid] + children(upstream.pid)
-                p0, u0 = cpu_ticks([proc.pid]), cpu_ticks(upstream_pids)
+                # nginx's work is in its worker processes; session-proxy and the floor are one.
+                proxy_pids = [proc.pid] + children(proc.pid)
+                p0, u0 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
                 w0 = os.times()
                 requests = wrk(url[n], opts.duration, cookie)
                 w1 = os.times()
-                p1, u1 = cpu_ticks([proc.pid]), cpu_ticks(upstream_pids)
+                p1, u1 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
                 per_req = 1e6 / requests
                 user = (p1[0] - p0[0]) / TICK * per_req
                 kernel = (p1[1] - p0[1]) / TICK * per_req
                 upstream_us = (sum(u1) - sum(u0)) / TICK * per_req
                 wrk_us = (w1.children_user + w1.children_system - w0.children_user - w0.children_system) * per_req
                 yard = yardstick({"wrk_us": wrk_us, "upstream_us": upstream_us})
-                row = (requests / opts.duration, user, kernel, (user + kernel) / yard if yard else float("nan"))
+                row = (requests / opts.duration, user, kernel, (user + kernel) / yard if yard else float("nan"), yard,
+                       wrk_us, upstream_us)
                 rows[n].append(row)
-                print(f"{round_no:5}  {n.upper():5} {row[0]:8.0f}  {row[1]:11.2f}  {row[2]:13.2f}  {row[3]:21.3f}")
+                print(f"{round_no:5}  {n.upper():5} {row[0]:8.0f}  {row[1]:11.2f}  {row[2]:13.2f}  {row[3]:21.3f}  {row[4]:12.2f} ({row[5]:.2f}, {row[6]:.2f})")
 
         med = {n: [statistics.median(col) for col in zip(*rows[n])] for n in rows}
         print("\nmedians")
         for n in rows:
             m = med[n]
-            print(f"       {n.upper():5} {m[0]:8.0f}  {m[1]:11.2f}  {m[2]:13.2f}  {m[3]:21.3f}")
+            print(f"       {n.upper():5} {m[0]:8.0f}  {m[1]:11.2f}  {m[2]:13.2f}  {m[3]:21.3f}  {m[4]:12.2f} ({m[5]:.2f}, {m[6]:.2f})")
         a, b = med["a"], med["b"]
-        print(f"\nB against A: req/s {b[0] / a[0]:.3f}x, CPU per request in yardsticks {b[3] / a[3]:.3f}x")
+        cpu = {n: statistics.median(r[1] + r[2] for r in rows[n]) for n in rows}
+        print(f"\nB against A: req/s {b[0] / a[0]:.3f}x, CPU per request in yardsticks {b[3] / a[3]:.3f}x "
+              f"(as measured {cpu['b'] / cpu['a']:.3f}x; yardstick {b[4] / a[4]:.3f}x)")
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
