@@ -96,7 +96,7 @@ async def main():
         await asyncio.sleep(SAMPLE_INTERVAL)
     holding_rss = max(s[0] for s in samples)
     # The first samples still see the last clients' buffers (they have not parked yet) and
-    # memory freed since the proxy's last trim; the last one is what the crowd costs for good.
+    # memory freed but not yet given back to the OS; the last one is what the crowd costs for good.
     settled_rss = samples[-1][0]
     holding_fds = min(s[1] for s in samples)
 

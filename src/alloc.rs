@@ -3,7 +3,8 @@
 //! A proxied request allocates and frees a handful of blocks (the request's future, hyper's
 //! buffers, channel slots), and glibc's allocator takes a slow path for every block above its
 //! 1 KiB thread cache. mimalloc's per-thread pages serve them in a few dozen instructions
-//! (`bench/profile.sh`: the README's Benchmarks section has the numbers).
+//! (`bench/profile.sh`; the README's Allocator section has the numbers). It is built without
+//! transparent huge pages (`no_thp` in Cargo.toml), which would cost memory for nothing.
 //!
 //! Not the `mimalloc` crate's allocator: that one asks for every block through
 //! `mi_malloc_aligned`, which serves blocks above 1 KiB through its generic aligned path
