@@ -17,6 +17,7 @@
 //! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`.
 //! - [`tls`]: HTTPS termination.
 //! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload, for the binary.
+//! - [`alloc`]: mimalloc as the binary's global allocator.
 
 pub mod alloc;
 pub mod config;
