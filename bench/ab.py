@@ -17,8 +17,10 @@ bench/conf/nginx-proxy.conf (scenario 2; its CPU is its master's and workers'). 
 picks the request, as in run.sh: 4 is the `session = false` route, 5 a session read with a
 valid cookie, 6 a read and a write (the floor and nginx forward whatever they are sent).
 `bench/ab.py nginx target/pgo/session-proxy --scenario 4` is target (4) with the drift of a
-full run taken out: the two proxies in turns, seconds apart. Needs wrk, nginx, redis-server and curl (run.sh
-installs them). Prints each round and the medians, and B's against A's.
+full run taken out: the two proxies in turns, seconds apart. Needs wrk, nginx, redis-server
+and curl (run.sh installs them). Prints each round and the medians, and B's against A's: as
+measured, and in yardsticks (fair between two builds of one proxy, which run at nearly the
+same rate; behind a faster proxy the yardstick itself shrinks, which it prints too).
 """
 
 import argparse
