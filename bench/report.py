@@ -245,9 +245,9 @@ def main():
       "own cost per request differs, so they are left out (the floor, (7) and (8), runs at the rates of (2) "
       "and (4) to (6)). But the yardstick is not independent of the proxy: behind a proxy that serves more "
       "requests per second, wrk and the upstream spend less CPU per request (more of them per wake-up), so "
-      "these ratios understate the faster proxy. In turns seconds apart (`bench/ab.py nginx B`), the "
-      "yardstick was 0.99x behind nginx against nginx, 0.93x behind session-proxy (4) and 0.83x behind the "
-      "floor (7). The paired ratios (each round against nginx's in the same round, then the median) take "
+      "these ratios understate the faster proxy (not measured in this run: with nginx and B in turns "
+      "seconds apart, `bench/ab.py nginx B --scenario 4` on 2026-12-04, the yardstick was 0.99x behind "
+      "nginx against nginx, 0.93x behind session-proxy and 0.83x behind the floor). The paired ratios (each round against nginx's in the same round, then the median) take "
       "the drift out without that bias.")
     p("")
     p("| # | machine CPU/req in yardsticks | req/s vs nginx, speed-adjusted | proxy CPU/req in yardsticks | proxy CPU vs nginx, speed-adjusted | req/s vs nginx, paired | proxy CPU vs nginx, paired |")
