@@ -143,7 +143,8 @@ install_deps() {
 build() {
     # What must be built: session-proxy unless prebuilt, the floor's example with FLOOR=1
     # unless prebuilt. PGO=1 builds both with scripts/build-pgo.sh, which always builds
-    # session-proxy (a prebuilt one is still the one measured).
+    # session-proxy (a prebuilt one is still the one measured), and keeps what it built
+    # while nothing it is built from has changed.
     local targets=()
     if [[ -n "${SESSION_PROXY_BIN:-}" ]]; then
         [[ -x "$SESSION_PROXY_BIN" ]] || die "SESSION_PROXY_BIN=$SESSION_PROXY_BIN is not executable"

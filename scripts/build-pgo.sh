@@ -21,6 +21,11 @@
 # bench/run.sh's floor. $TARGET is CARGO_TARGET_DIR, else target/. Needs redis-server and
 # python3 (openssl and an HTTP/2 curl to train TLS and HTTP/2; it says when they are missing).
 # Two release builds: about 6 minutes cold on 2 cores.
+#
+# A training run never gives the same counts twice, so the second build would start over
+# every time. Instead the binaries are kept while nothing they are built from has changed
+# (the sources, Cargo.toml and Cargo.lock, these two scripts, rustc and RUSTFLAGS: the hash in
+# $TARGET/pgo/inputs.sha256). PGO_REBUILD=1 builds and trains again regardless.
 
 set -euo pipefail
 
@@ -52,6 +57,28 @@ fi
 
 BINS=(--bin session-proxy)
 [[ $FLOOR == 1 ]] && BINS+=(--example bare_proxy)
+
+# Everything the binaries are built from; file names are hashed with their contents.
+inputs_hash() {
+    (
+        cd "$ROOT"
+        rustc -vV
+        printf 'RUSTFLAGS=%s\n' "${RUSTFLAGS:-}"
+        find src examples Cargo.toml Cargo.lock scripts/build-pgo.sh scripts/pgo_train.py \
+            -type f -print0 | sort -z | xargs -0 sha256sum
+    ) | sha256sum | cut -d' ' -f1
+}
+INPUTS="$(inputs_hash)"
+up_to_date() {
+    [[ "${PGO_REBUILD:-}" != 1 && -x "$PGO/session-proxy" && -f "$PGO/inputs.sha256" ]] || return 1
+    [[ $FLOOR == 0 || -x "$PGO/bare_proxy" ]] || return 1
+    [[ "$(cat "$PGO/inputs.sha256")" == "$INPUTS" ]]
+}
+if up_to_date; then
+    log "$PGO/session-proxy$([[ $FLOOR == 1 ]] && echo " and bare_proxy") up to date (nothing built from has changed; PGO_REBUILD=1 rebuilds)"
+    exit 0
+fi
+rm -f "$PGO/inputs.sha256"
 # With an explicit --target, RUSTFLAGS reach only the target's code, not build scripts and
 # proc macros (which would otherwise write profiles of their own while building).
 build() { # build DIR FLAG
@@ -80,4 +107,7 @@ mv "$PGO/merged.profdata" "$PGO/merged-$sum.profdata"
 build "$PGO/use" "-Cprofile-use=$PGO/merged-$sum.profdata"
 cp "$PGO/use/$HOST/release/session-proxy" "$PGO/session-proxy"
 [[ $FLOOR == 1 ]] && cp "$PGO/use/$HOST/release/examples/bare_proxy" "$PGO/bare_proxy"
+# A floor built before with other inputs must not pass for one of these.
+[[ $FLOOR == 0 ]] && rm -f "$PGO/bare_proxy"
+echo "$INPUTS" >"$PGO/inputs.sha256"
 log "built $PGO/session-proxy$([[ $FLOOR == 1 ]] && echo " and $PGO/bare_proxy")"
