@@ -49,15 +49,20 @@ def parse_wrk(path):
 
 
 def parse_redis(path):
-    calls = {}
+    """Calls per command (not counting run.sh's own CONFIG and INFO), and the socket reads
+    Redis made (None when not recorded)."""
+    calls, reads = {}, None
     try:
         for line in open(path):
             m = re.match(r"cmdstat_(\w+):calls=(\d+)", line.strip())
             if m and m.group(1) not in ("config", "info"):
                 calls[m.group(1)] = int(m.group(2))
+            m = re.match(r"total_reads_processed:(\d+)", line.strip())
+            if m:
+                reads = int(m.group(1))
     except OSError:
         pass
-    return calls
+    return calls, reads
 
 
 def fmt_ms(v):
@@ -114,7 +119,8 @@ def main():
             other_pct=100.0 * (int(busy) / tck - int(p) / tck - int(u) / tck - int(rd) / tck
                                - float(wrk_cpu or 0)) / max(int(total) / tck, 1e-9),
             busy_pct=100.0 * int(busy) / max(int(total), 1),
-            redis=parse_redis(redis_file),
+            redis=parse_redis(redis_file)[0],
+            redis_reads=parse_redis(redis_file)[1],
             alive=alive == "1",
         )
         runs.setdefault(n, []).append(w)
@@ -161,6 +167,9 @@ def main():
                 cmd: statistics.median(r["redis"].get(cmd, 0) / max(r["requests"], 1) for r in good)
                 for cmd in sorted({c for r in good for c in r["redis"]})
             },
+            # Commands per socket read: 1 when every command comes in a write of its own.
+            "redis_batch": median_or_none(sum(r["redis"].values()) / r["redis_reads"]
+                                          for r in good if r["redis_reads"] and r["redis"]),
         }
     ng = rows.get(NGINX)
 
@@ -223,7 +232,7 @@ def main():
     p("Where the machine's CPU went, per request (medians of the rounds; µs of CPU time; the proxy's "
       "user and kernel time are medians each, so they need not add up to its total exactly):")
     p("")
-    p("| # | proxy | proxy: user / kernel | upstream nginx | redis-server | wrk | machine busy | other (not any of these) | Redis commands per request |")
+    p("| # | proxy | proxy: user / kernel | upstream nginx | redis-server | wrk | machine busy | other (not any of these) | Redis commands per request (per socket read Redis made) |")
     p("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for n in shown:
         if n not in rows:
@@ -231,6 +240,8 @@ def main():
         r = rows[n]
         proxy = r["cpu"] or 0.0
         cmds = ", ".join(f"{c.upper()} {v:.2f}" for c, v in r["redis"].items() if v >= 0.005) or "none"
+        if r["redis_batch"] is not None and cmds != "none":
+            cmds += f" ({r['redis_batch']:.1f} per read)"
         split = "-" if r["cpu_user"] is None else f"{r['cpu_user']:.1f} / {r['cpu_kernel']:.1f}"
         p(f"| {n} | {proxy:.1f} | {split} | {r['upstream_us']:.1f} | {r['redis_us']:.1f} | {r['wrk_us']:.1f} "
           f"| {r['busy_us']:.1f} ({r['busy_pct']:.0f}% of the machine) | {r['other_pct']:.0f}% of the machine | {cmds} |")

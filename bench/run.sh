@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh: session-proxy side by side with nginx and a Node.js session proxy (issue 5).
 #
-# Usage (from anywhere; needs root for the installs, Linux /proc, about 8 minutes, 10 with FLOOR=1, plus the build):
+# Usage (from anywhere; needs root for the installs, Linux /proc; about 6 minutes, 8 with FLOOR=1,
+# plus about 6 for the PGO build when anything it is built from has changed):
 #
 #   bench/run.sh
 #
@@ -36,7 +37,8 @@
 #   - for each run reads from /proc the CPU time (utime+stime, summed over all processes of
 #     the proxy: nginx master+workers, node primary+workers; the proxy's utime also alone)
 #     and the machine's busy time, and
-#     the Redis commands per request (INFO commandstats); at the end the peak RSS (VmHWM,
+#     the Redis commands per request (INFO commandstats) and per socket read Redis made (INFO
+#     stats: how many commands the proxy batches into one write); at the end the peak RSS (VmHWM,
 #     summed over the proxy's processes);
 #   - starts a fresh session-proxy and measures its VmRSS before and while it holds 10,000
 #     idle keep-alive connections (bench/idle_conns.py);
@@ -547,7 +549,9 @@ for round in $(seq 1 "$ROUNDS"); do
         p1=0 pu1=0; [[ -n "$root" ]] && read -r p1 pu1 <<<"$(cpu_ticks_split "${pids[@]}")"
         u1=$(cpu_ticks "${up_pids[@]}"); r1=$(cpu_ticks "$REDIS_PID")
         read -r b1 t1 <<<"$(machine_ticks)"
-        rcli info commandstats | tr -d '\r' | grep '^cmdstat_' >"$TMP/redis-$n-$round.txt" || true
+        # Commands, and the socket reads Redis took them in (how well the proxy batches them).
+        { rcli info commandstats; rcli info stats; } | tr -d '\r' \
+            | grep -E '^(cmdstat_|total_reads_processed:)' >"$TMP/redis-$n-$round.txt" || true
         alive=1
         if [[ -n "$root" ]] && ! kill -0 "$root" 2>/dev/null; then
             alive=0
