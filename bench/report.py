@@ -105,6 +105,7 @@ def main():
         (n, rnd, wrk_file, p, u, rd, busy, total, redis_file, alive, wrk_cpu, p_user) = line.split("\t")
         n = int(n)
         w = parse_wrk(wrk_file)
+        redis_calls, redis_reads = parse_redis(redis_file)
         req = w["requests"] or 1
         w.update(
             round=int(rnd),
@@ -119,8 +120,8 @@ def main():
             other_pct=100.0 * (int(busy) / tck - int(p) / tck - int(u) / tck - int(rd) / tck
                                - float(wrk_cpu or 0)) / max(int(total) / tck, 1e-9),
             busy_pct=100.0 * int(busy) / max(int(total), 1),
-            redis=parse_redis(redis_file)[0],
-            redis_reads=parse_redis(redis_file)[1],
+            redis=redis_calls,
+            redis_reads=redis_reads,
             alive=alive == "1",
         )
         runs.setdefault(n, []).append(w)

@@ -75,7 +75,7 @@ up_to_date() {
     [[ "$(cat "$PGO/inputs.sha256")" == "$INPUTS" ]]
 }
 if up_to_date; then
-    log "$PGO/session-proxy$([[ $FLOOR == 1 ]] && echo " and bare_proxy") up to date (nothing built from has changed; PGO_REBUILD=1 rebuilds)"
+    log "$PGO/session-proxy$([[ $FLOOR == 1 ]] && echo " and bare_proxy") up to date (nothing they are built from has changed; PGO_REBUILD=1 rebuilds)"
     exit 0
 fi
 rm -f "$PGO/inputs.sha256"
