@@ -58,14 +58,15 @@ fi
 BINS=(--bin session-proxy)
 [[ $FLOOR == 1 ]] && BINS+=(--example bare_proxy)
 
-# Everything the binaries are built from; file names are hashed with their contents.
+# Everything the binaries are built from; file names are hashed with their contents, in an
+# order that does not depend on the locale.
 inputs_hash() {
     (
         cd "$ROOT"
         rustc -vV
         printf 'RUSTFLAGS=%s\n' "${RUSTFLAGS:-}"
         find src examples Cargo.toml Cargo.lock scripts/build-pgo.sh scripts/pgo_train.py \
-            -type f -print0 | sort -z | xargs -0 sha256sum
+            -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     ) | sha256sum | cut -d' ' -f1
 }
 INPUTS="$(inputs_hash)"
