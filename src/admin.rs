@@ -6,7 +6,7 @@
 //! upstream, so nothing about the process leaks to clients.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,25 +20,43 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::{Shared, ACCEPT_ERROR_BACKOFF};
-use crate::store::Store;
+use crate::metrics::{Histogram, Metrics, StoreErrorCounters};
+use crate::store::{Store, StoreError};
 
 /// Admin clients are probes and scrapers; they get the same slowloris bound as the public side.
 const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a failed `accept` (usually out of file descriptors), wait before trying again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What `prometheus-client` writes: the OpenMetrics text format, which Prometheus negotiates
 /// and parses (a plain `text/plain; version=0.0.4` label would misdescribe the `# EOF` and
 /// `_total` conventions).
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves the admin endpoints until `stop` turns true. `stores` are every worker's store:
-/// `/readyz` is ready only when each of them answers.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    stores: Arc<[Store]>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// What the admin endpoints read.
+pub(crate) struct AdminState {
+    pub metrics: Arc<Metrics>,
+    /// Every worker's store: `/readyz` is ready only when each of them answers.
+    pub stores: Vec<Store>,
+    /// Set once shutdown begins: `/readyz` then answers 503 so a load balancer stops sending
+    /// new requests while the in-flight ones finish.
+    pub draining: Arc<AtomicBool>,
+    /// `/readyz`'s PING, timed and counted like every store command.
+    ping: Histogram,
+    errors: StoreErrorCounters,
+}
+
+impl AdminState {
+    pub(crate) fn new(metrics: Arc<Metrics>, stores: Vec<Store>, draining: Arc<AtomicBool>) -> AdminState {
+        let ping = metrics.store_command("ping");
+        let errors = metrics.store_errors(&StoreError::KINDS);
+        AdminState { metrics, stores, draining, ping, errors }
+    }
+}
+
+/// Serves the admin endpoints until `stop` turns true.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "admin listening");
     }
@@ -54,13 +72,11 @@ pub(crate) async fn serve(
             },
             _ = stop.changed() => return,
         };
-        let shared = shared.clone();
-        let stores = stores.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                let stores = stores.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &stores, req).await) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -71,7 +87,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn route(shared: &Shared, stores: &[Store], req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -79,9 +95,9 @@ async fn route(shared: &Shared, stores: &[Store], req: Request<Incoming>) -> Res
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => readyz(shared, stores).await,
+        "/readyz" => readyz(state).await,
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, shared.metrics.encode());
+            let mut resp = text(StatusCode::OK, state.metrics.encode());
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
             resp
         }
@@ -93,17 +109,17 @@ async fn route(shared: &Shared, stores: &[Store], req: Request<Incoming>) -> Res
 /// takes one round trip). The PING is bounded by the store timeout (a stalled Redis gives 503
 /// after `store.timeout_ms`, never a hung probe); it is timed and its errors counted like any
 /// store command, so the metrics show an outage even without traffic.
-async fn readyz(shared: &Shared, stores: &[Store]) -> Response<Full<Bytes>> {
-    if shared.draining.load(Ordering::Relaxed) {
+async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
+    if state.draining.load(Ordering::Relaxed) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n".into());
     }
     let start = Instant::now();
-    let pings = futures_util::future::join_all(stores.iter().map(Store::ping)).await;
-    shared.metrics.store_command("ping", start.elapsed());
+    let pings = futures_util::future::join_all(state.stores.iter().map(Store::ping)).await;
+    state.ping.observe(start.elapsed().as_secs_f64());
     match pings.into_iter().find_map(Result::err) {
         None => text(StatusCode::OK, "ready\n".into()),
         Some(e) => {
-            shared.metrics.store_error(&e);
+            state.errors.count(e.kind());
             text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: session store: {e}\n"))
         }
     }

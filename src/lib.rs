@@ -1,25 +1,29 @@
 //! session-proxy: a reverse proxy that gives any web app server-side sessions in Redis,
 //! byte-compatible with Remix's cookie signing and `remix-upstash-session`.
 //!
-//! A request flows through these modules, each owning one concern:
+//! The modules, each owning one concern; each imports only the ones listed after it:
 //!
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload, for the binary.
+//! - [`server`]: listeners, the worker threads (one single-threaded runtime per core), client
+//!   connections (TLS, HTTP/1.1 or HTTP/2; `server::parking` parks idle HTTP/1 keep-alive
+//!   connections without buffers), reload and graceful shutdown. Hands every request to the
+//!   worker's `proxy::Proxy`.
+//! - `admin`: the admin listener's `/healthz`, `/readyz`, `/metrics`.
+//! - `proxy`: one request: routing, hop-by-hop headers, the session seam, forwarding to the
+//!   upstream, upgrades, timeouts; `proxy::error` is the one table from failure to status
+//!   code.
+//! - `route`: which `[[route]]` a request goes to.
+//! - `session`: cookie signing, ids and the header protocol; what state a request's session
+//!   is in, and the store-failure policy.
+//! - [`store`]: Redis (through fred) and the embedded memory store.
+//! - [`tls`]: HTTPS termination.
+//! - [`metrics`]: Prometheus metrics; a leaf that imports nothing of the proxy.
 //! - [`config`]: `proxy.toml` → validated runtime types (`${VAR}` expansion, unknown keys
 //!   rejected).
-//! - [`server`]: listeners, the worker threads (one single-threaded runtime per core), reload,
-//!   graceful shutdown; `server::conn` serves one connection (TLS, HTTP/1.1 or HTTP/2) and
-//!   parks idle HTTP/1 keep-alive connections without buffers.
-//! - `route`: which `[[route]]` a request goes to.
-//! - `proxy`: forwarding to the upstream, hop-by-hop headers, upgrades, timeouts, and the
-//!   status code of every failure.
-//! - `session`: cookie signing, ids and the header protocol (the seam `proxy` calls once on
-//!   the way in and once on the way out).
-//! - [`store`]: Redis (through fred) and the embedded memory store.
-//! - `admin` and `metrics`: `/healthz`, `/readyz`, `/metrics`.
-//! - [`tls`]: HTTPS termination.
-//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload, for the binary.
-//! - [`alloc`]: mimalloc as the binary's global allocator.
+//!
+//! The binary (`src/main.rs`) parses arguments, loads the config, starts logging, installs
+//! mimalloc as its global allocator (`src/alloc.rs`) and calls [`Server`].
 
-pub mod alloc;
 pub mod config;
 pub mod metrics;
 pub mod server;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use session_proxy::{Limits, Server};
 
+mod alloc;
+
 /// A reverse proxy that gives any web app server-side sessions in Redis.
 #[derive(Parser)]
 #[command(version, about)]
@@ -24,7 +26,7 @@ struct Args {
 const EXIT_INVALID_CONFIG: u8 = 2;
 
 #[global_allocator]
-static ALLOCATOR: session_proxy::alloc::Mimalloc = session_proxy::alloc::Mimalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -3,20 +3,25 @@
 //! Label values stay bounded: a route's configured prefix (or `-` for requests no route
 //! matched), a status class, a store command name, an error kind or a session event — never a
 //! path, an id or anything a client chose. Per-route handles are looked up once when a route
-//! table is built, so the hot path increments without hashing labels.
+//! table is built, and the session layer resolves its own handles when it is built, so the hot
+//! path increments without hashing labels.
+//!
+//! A leaf: it imports nothing of the proxy. The modules that own a label's values (a session
+//! event, a store error kind, a store command) pass them in as `&'static str`.
 
 use std::time::Duration;
 
 use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
-use crate::session::SessionEvent;
-use crate::store::StoreError;
+/// A counter handle, resolved once and incremented on the hot path.
+pub(crate) type Counter = prometheus_client::metrics::counter::Counter;
+/// A histogram handle, resolved once and observed on the hot path.
+pub(crate) type Histogram = prometheus_client::metrics::histogram::Histogram;
 
 /// Request and upstream durations: 0.5 ms to about 16 s.
 fn latency_histogram() -> Histogram {
@@ -59,17 +64,6 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// The status classes counted per route; index is `status / 100 - 1`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Every [`StoreError::kind`]: exposed at 0 from the start, so `rate()` and alerts see the
-/// series before the first error (an absent series is not a zero to Prometheus).
-const STORE_ERROR_KINDS: [&str; 4] = ["timeout", "unavailable", "command", "config"];
-
-/// The store commands timed (`StoreCalls` in `session`): their histograms are resolved once,
-/// so timing a command does not hash labels on the hot path.
-const STORE_COMMANDS: [&str; 6] = ["get", "getex", "set", "del", "regenerate", "ping"];
-
-/// The session events counted (a session merely loaded, or none, is not an event).
-const SESSION_EVENTS: [&str; 4] = ["created", "updated", "destroyed", "regenerated"];
-
 /// Every metric of the process. Cheap to share: each metric is an `Arc` inside.
 pub struct Metrics {
     registry: Registry,
@@ -77,8 +71,6 @@ pub struct Metrics {
     request_duration: HistogramFamily<RouteLabels>,
     upstream_duration: HistogramFamily<RouteLabels>,
     store_duration: HistogramFamily<CommandLabels>,
-    /// `store_duration`'s handles for [`STORE_COMMANDS`], in that order.
-    store_commands: Vec<Histogram>,
     store_errors: Family<KindLabels, Counter>,
     sessions: Family<EventLabels, Counter>,
     cookies_rejected: Counter,
@@ -163,24 +155,12 @@ impl Metrics {
             parks.clone(),
         );
 
-        for kind in STORE_ERROR_KINDS {
-            let _ = store_errors.get_or_create(&KindLabels { kind });
-        }
-        for event in SESSION_EVENTS {
-            let _ = sessions.get_or_create(&EventLabels { event });
-        }
-        let store_commands = STORE_COMMANDS
-            .iter()
-            .map(|&command| store_duration.get_or_create_owned(&CommandLabels { command }))
-            .collect();
-
         let mut metrics = Metrics {
             registry,
             requests,
             request_duration,
             upstream_duration,
             store_duration,
-            store_commands,
             store_errors,
             sessions,
             cookies_rejected,
@@ -213,7 +193,6 @@ impl Metrics {
         status: StatusCode,
         duration: Duration,
         upstream: Option<Duration>,
-        event: SessionEvent,
     ) {
         let route = route.unwrap_or(&self.unmatched);
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
@@ -222,26 +201,30 @@ impl Metrics {
         if let Some(upstream) = upstream {
             route.upstream.observe(upstream.as_secs_f64());
         }
-        let event = match event {
-            SessionEvent::Created => "created",
-            SessionEvent::Updated => "updated",
-            SessionEvent::Destroyed => "destroyed",
-            SessionEvent::Regenerated => "regenerated",
-            SessionEvent::None | SessionEvent::Loaded => return,
-        };
-        self.sessions.get_or_create(&EventLabels { event }).inc();
     }
 
-    pub(crate) fn store_command(&self, command: &'static str, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        match STORE_COMMANDS.iter().position(|&c| c == command) {
-            Some(i) => self.store_commands[i].observe(seconds),
-            None => self.store_duration.get_or_create(&CommandLabels { command }).observe(seconds),
-        }
+    /// The counter of one session event (`created`, ...), exposed at 0 from this call on.
+    /// Called when a session layer is built, not per request.
+    pub(crate) fn session_event(&self, event: &'static str) -> Counter {
+        self.sessions.get_or_create_owned(&EventLabels { event })
     }
 
-    pub(crate) fn store_error(&self, error: &StoreError) {
-        self.store_errors.get_or_create(&KindLabels { kind: error.kind() }).inc();
+    /// The round-trip histogram of one store command (`get`, `set`, ...). Called when a
+    /// session layer is built, not per request.
+    pub(crate) fn store_command(&self, command: &'static str) -> Histogram {
+        self.store_duration.get_or_create_owned(&CommandLabels { command })
+    }
+
+    /// The counter of failed store commands of one kind, exposed at 0 from this call on, so
+    /// `rate()` and alerts see the series before the first error (an absent series is not a
+    /// zero to Prometheus).
+    pub(crate) fn store_error(&self, kind: &'static str) -> Counter {
+        self.store_errors.get_or_create_owned(&KindLabels { kind })
+    }
+
+    /// [`Metrics::store_error`]'s counters for every kind in `kinds`, resolved at once.
+    pub(crate) fn store_errors(&self, kinds: &'static [&'static str]) -> StoreErrorCounters {
+        StoreErrorCounters { kinds, counters: kinds.iter().map(|&kind| self.store_error(kind)).collect() }
     }
 
     pub(crate) fn cookie_rejected(&self) {
@@ -278,6 +261,22 @@ impl Metrics {
     }
 }
 
+/// Failed store commands, counted by kind without hashing labels.
+pub(crate) struct StoreErrorCounters {
+    kinds: &'static [&'static str],
+    /// One per `kinds`, in that order.
+    counters: Vec<Counter>,
+}
+
+impl StoreErrorCounters {
+    /// Counts one failure of `kind` (a kind outside the list resolved is not counted).
+    pub(crate) fn count(&self, kind: &str) {
+        if let Some(counter) = self.kinds.iter().position(|&k| k == kind).and_then(|i| self.counters.get(i)) {
+            counter.inc();
+        }
+    }
+}
+
 impl RouteMetrics {
     /// Unregistered handles, used only until `Metrics::new` resolves the real ones.
     fn placeholder() -> RouteMetrics {
@@ -297,14 +296,15 @@ mod tests {
     fn counts_by_route_and_status_class_with_bounded_labels() {
         let m = Metrics::new();
         let api = m.route("/api");
+        let created = m.session_event("created");
         m.observe_request(
             Some(&api),
             StatusCode::OK,
             Duration::from_millis(3),
             Some(Duration::from_millis(2)),
-            SessionEvent::Created,
         );
-        m.observe_request(None, StatusCode::NOT_FOUND, Duration::from_millis(1), None, SessionEvent::None);
+        created.inc();
+        m.observe_request(None, StatusCode::NOT_FOUND, Duration::from_millis(1), None);
         let text = m.encode();
         assert!(text.contains(r#"session_proxy_requests_total{route="/api",status="2xx"} 1"#), "{text}");
         assert!(text.contains(r#"session_proxy_requests_total{route="-",status="4xx"} 1"#), "{text}");
@@ -314,32 +314,36 @@ mod tests {
     }
 
     #[test]
-    fn error_kinds_and_session_events_are_exposed_at_zero_and_count() {
+    fn resolved_error_kinds_and_session_events_are_exposed_at_zero_and_count() {
         let m = Metrics::new();
+        let kinds = ["timeout", "unavailable", "command", "config"];
+        let events = ["created", "updated", "destroyed", "regenerated"];
+        const KINDS: [&str; 4] = ["timeout", "unavailable", "command", "config"];
+        let errors = m.store_errors(&KINDS);
+        for event in events {
+            let _ = m.session_event(event);
+        }
         let text = m.encode();
-        for kind in STORE_ERROR_KINDS {
+        for kind in kinds {
             assert!(
                 text.contains(&format!("session_proxy_store_errors_total{{kind=\"{kind}\"}} 0")),
                 "{text}"
             );
         }
-        for event in SESSION_EVENTS {
+        for event in events {
             assert!(text.contains(&format!("session_proxy_sessions_total{{event=\"{event}\"}} 0")), "{text}");
         }
-        let errors = [
-            StoreError::Timeout,
-            StoreError::Unavailable("x".into()),
-            StoreError::Command("x".into()),
-            StoreError::Config("x".into()),
-        ];
-        for error in &errors {
-            assert!(STORE_ERROR_KINDS.contains(&error.kind()), "{} is not pre-created", error.kind());
-            m.store_error(error);
+        for kind in kinds {
+            errors.count(kind);
         }
+        errors.count("not a kind");
+        // A handle resolved again counts into the same series.
+        m.store_error("timeout").inc();
         let text = m.encode();
-        for kind in STORE_ERROR_KINDS {
+        for kind in kinds {
+            let n = if kind == "timeout" { 2 } else { 1 };
             assert!(
-                text.contains(&format!("session_proxy_store_errors_total{{kind=\"{kind}\"}} 1")),
+                text.contains(&format!("session_proxy_store_errors_total{{kind=\"{kind}\"}} {n}")),
                 "{text}"
             );
         }
@@ -348,8 +352,9 @@ mod tests {
     #[test]
     fn store_command_durations_are_histograms_by_command() {
         let m = Metrics::new();
-        m.store_command("get", Duration::from_micros(300));
-        m.store_command("get", Duration::from_millis(2));
+        let get = m.store_command("get");
+        get.observe(Duration::from_micros(300).as_secs_f64());
+        m.store_command("get").observe(Duration::from_millis(2).as_secs_f64());
         let text = m.encode();
         assert!(text.contains("# TYPE session_proxy_store_command_duration_seconds histogram"), "{text}");
         assert!(

@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::UpstreamBody;
+use super::request_body::UpstreamBody;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -47,21 +47,19 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// A connect that timed out, here or in the kernel (`ETIMEDOUT` anywhere in the chain),
-    /// answers 504 like a slow response; everything else 502 (or 408 when the client's body
-    /// stalled).
-    pub fn is_timeout(&self) -> bool {
-        if matches!(self, UpstreamError::ConnectTimeout(_)) {
-            return true;
-        }
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            if s.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
-                return true;
+    /// Whether the upstream did not answer in time: a connect that timed out, here or in the
+    /// kernel (`ETIMEDOUT`), or a connection the kernel gave up on. The proxy answers those
+    /// 504 like a slow response, everything else 502.
+    pub fn timed_out(&self) -> bool {
+        let io = match self {
+            UpstreamError::ConnectTimeout(_) => return true,
+            UpstreamError::Connect(_, e) => Some(e),
+            // hyper keeps the socket's error as its direct cause.
+            UpstreamError::Handshake(_, e) | UpstreamError::Send(e) => {
+                std::error::Error::source(e).and_then(|s| s.downcast_ref::<io::Error>())
             }
-            source = s.source();
-        }
-        false
+        };
+        io.is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The server: binds the listeners, accepts connections and deals them to the worker threads
 //! (`workers`: one single-threaded runtime per core), where `conn` serves them (plain or TLS,
-//! HTTP/1.1 or HTTP/2, through `proxy::handle`); swaps the config on reload and drains on
-//! shutdown.
+//! HTTP/2, or HTTP/1.1 through `parking`) and hands every request to the worker's
+//! `proxy::Proxy`; swaps the config on reload and drains on shutdown.
 //!
 //! Like mini-redis, [`Server::bind`] returns a value whose addresses tests can read (bind to
 //! port 0), and [`Server::run`] takes the shutdown signal as a future.
@@ -17,76 +17,26 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::admin;
+use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::metrics::Metrics;
 use crate::proxy::client::UpstreamClient;
-use crate::route::RouteTable;
-use crate::session::SessionLayer;
+use crate::proxy::{App, Proxy};
 use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
 
 mod conn;
+mod limits;
+mod parking;
 mod workers;
+
+pub use limits::*;
 
 use conn::{Connection, Serving};
 use workers::Workers;
 
-/// Timeouts and limits that are not in `proxy.toml`. The defaults suit production; tests
-/// shorten them.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// A client must send a request's complete headers within this time, and an idle
-    /// keep-alive connection is closed after it: the wait for the next request and its head
-    /// count together, across parks (see `conn`). Bounds slowloris clients.
-    pub header_read_timeout: Duration,
-    /// TCP connect to an upstream; past it the request gets 504.
-    pub upstream_connect_timeout: Duration,
-    /// Idle pooled upstream connections are closed after this.
-    pub upstream_pool_idle_timeout: Duration,
-    /// A TLS client must finish its handshake within this time.
-    pub tls_handshake_timeout: Duration,
-    /// HTTP/2 pings on an idle connection every this often; a peer that does not answer
-    /// within the same time is dropped.
-    pub http2_keep_alive: Duration,
-    /// Largest request head (HTTP/1 read buffer, HTTP/2 header list). Larger gets 431.
-    pub max_header_bytes: usize,
-    /// A request body that sends nothing for this long is cut: the upstream request is
-    /// aborted and the client gets 408. Bounds clients that stop in the middle of a body
-    /// (hyper has no body timeout; `upstream_timeout_ms` starts only after the body).
-    pub body_idle_timeout: Duration,
-    /// Worker threads, each with its own single-threaded runtime, upstream pool and Redis
-    /// connections. Default: one per core the process may use.
-    pub workers: usize,
-}
-
-/// 10 s is plenty for a real client to send its headers and short for a slowloris.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// 64 KiB of request head: far above real browsers, small enough to bound memory per client.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
-/// As nginx's `client_body_timeout`: far longer than any pause of a real upload.
-pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After a failed `accept` (usually out of file descriptors), wait before trying again.
-pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            upstream_connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
-            upstream_pool_idle_timeout: DEFAULT_UPSTREAM_POOL_IDLE_TIMEOUT,
-            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
-            http2_keep_alive: DEFAULT_HTTP2_KEEP_ALIVE,
-            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
-            workers: workers::default_count(),
-        }
-    }
-}
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,44 +61,6 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
 }
 
-/// The part of the config that a reload swaps in at once; requests in flight keep the
-/// generation they started with.
-pub(crate) struct App {
-    pub routes: RouteTable,
-    pub session: SessionLayer,
-    pub upstream_timeout: Duration,
-}
-
-impl App {
-    fn new(config: &Config, metrics: &Metrics) -> App {
-        App {
-            routes: RouteTable::new(&config.routes, metrics),
-            session: SessionLayer::new(&config.session, &config.store.key_prefix),
-            upstream_timeout: config.server.upstream_timeout,
-        }
-    }
-}
-
-/// What every connection of one worker shares. The app, the metrics and the draining flag are
-/// the same for all workers; the upstream pool and the store connections are the worker's own.
-pub(crate) struct Shared {
-    /// One for the whole server: a reload swaps it for every worker at once.
-    pub app: Arc<ArcSwap<App>>,
-    /// Pooled keep-alive HTTP/1.1 client to the upstreams; its connections live on this
-    /// worker.
-    pub client: UpstreamClient,
-    /// This worker's Redis connections (or the one shared memory store).
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    /// Whether clients reach us over HTTPS (for `X-Forwarded-Proto`).
-    pub https: bool,
-    /// Set once shutdown begins: `/readyz` then answers 503 so a load balancer stops sending
-    /// new requests while the in-flight ones finish.
-    pub draining: Arc<AtomicBool>,
-    /// [`Limits::body_idle_timeout`], for every request body sent upstream.
-    pub body_idle_timeout: Duration,
-}
-
 /// A bound, ready-to-run proxy.
 pub struct Server {
     listener: TcpListener,
@@ -156,7 +68,9 @@ pub struct Server {
     tls: Option<Tls>,
     workers: Workers,
     /// One per worker, in the workers' order.
-    shared: Vec<Arc<Shared>>,
+    proxies: Vec<Arc<Proxy>>,
+    /// Set once shutdown begins: `/readyz` then answers 503, and idle connections close.
+    draining: Arc<AtomicBool>,
     limits: Limits,
     reloader: Reloader,
 }
@@ -178,11 +92,10 @@ impl Server {
         let stores = connect_stores(&config.store, &workers).await?;
         let metrics = Arc::new(Metrics::new());
         let app = Arc::new(ArcSwap::from_pointee(App::new(&config, &metrics)));
-        let draining = Arc::new(AtomicBool::new(false));
-        let shared: Vec<Arc<Shared>> = stores
+        let proxies: Vec<Arc<Proxy>> = stores
             .into_iter()
             .map(|store| {
-                Arc::new(Shared {
+                Arc::new(Proxy {
                     app: app.clone(),
                     client: UpstreamClient::new(
                         limits.upstream_connect_timeout,
@@ -191,14 +104,13 @@ impl Server {
                     store,
                     metrics: metrics.clone(),
                     https: tls.is_some(),
-                    draining: draining.clone(),
                     body_idle_timeout: limits.body_idle_timeout,
                 })
             })
             .collect();
-        let reloader =
-            Reloader { shared: shared[0].clone(), tls: tls.clone(), current: Arc::new(Mutex::new(config)) };
-        Ok(Server { listener, admin, tls, workers, shared, limits, reloader })
+        let reloader = Reloader { app, metrics, tls: tls.clone(), current: Arc::new(Mutex::new(config)) };
+        let draining = Arc::new(AtomicBool::new(false));
+        Ok(Server { listener, admin, tls, workers, proxies, draining, limits, reloader })
     }
 
     /// The address the proxy listens on (useful with port 0).
@@ -219,19 +131,23 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// within `shutdown_grace_ms` (as last reloaded), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, admin, tls, workers, shared, limits, reloader } = self;
+        let Server { listener, admin, tls, workers, proxies, draining, limits, reloader } = self;
         let tls = tls.map(|t| t.acceptor());
-        let servings: Vec<Arc<Serving>> =
-            shared.iter().map(|s| Arc::new(Serving::new(s.clone(), tls.clone(), limits.clone()))).collect();
+        let servings: Vec<Arc<Serving>> = proxies
+            .iter()
+            .map(|p| Arc::new(Serving::new(p.clone(), draining.clone(), tls.clone(), limits.clone())))
+            .collect();
         // Every connection holds a receiver; the drain ends when the last one is dropped.
         let (stop, stopping) = watch::channel(false);
         // Stops the admin listener once the drain is over.
         let (background_stop, background_stopped) = watch::channel(false);
         // The admin listener runs here, on the caller's runtime; `/readyz` pings every
         // worker's store.
-        let stores: Arc<[Store]> = shared.iter().map(|s| s.store.clone()).collect();
-        let admin_task =
-            admin.map(|l| tokio::spawn(admin::serve(l, shared[0].clone(), stores, background_stopped)));
+        let admin_task = admin.map(|listener| {
+            let stores = proxies.iter().map(|p| p.store.clone()).collect();
+            let state = AdminState::new(reloader.metrics.clone(), stores, draining.clone());
+            tokio::spawn(admin::serve(listener, Arc::new(state), background_stopped))
+        });
 
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -261,7 +177,7 @@ impl Server {
         drop(listener);
         drop(stopping);
         // One flag for all workers (and `/readyz`).
-        shared[0].draining.store(true, Ordering::Relaxed);
+        draining.store(true, Ordering::Relaxed);
         let shutdown_grace = reloader.shutdown_grace();
         tracing::info!(
             connections = stop.receiver_count(),
@@ -279,12 +195,12 @@ impl Server {
         }
         // Each worker closes its own store connections, on its own runtime; then the workers
         // stop, dropping what is left (connections past the grace, idle upstream connections).
-        let closing: Vec<_> = shared
+        let closing: Vec<_> = proxies
             .iter()
             .enumerate()
-            .map(|(index, s)| {
-                let s = s.clone();
-                workers.spawn(index, async move { s.store.shutdown().await })
+            .map(|(index, p)| {
+                let p = p.clone();
+                workers.spawn(index, async move { p.store.shutdown().await })
             })
             .collect();
         for task in closing {
@@ -346,7 +262,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// Swaps in a new config for new requests (SIGHUP). Cheap to clone.
 #[derive(Clone)]
 pub struct Reloader {
-    shared: Arc<Shared>,
+    /// The app every worker's proxy serves from.
+    app: Arc<ArcSwap<App>>,
+    metrics: Arc<Metrics>,
     /// The HTTPS acceptor's certificate handle, when the server terminates TLS.
     tls: Option<Tls>,
     /// The config in effect: what was applied, with the running values of the keys that only
@@ -390,7 +308,7 @@ impl Reloader {
                 "changed in the config file but needs a restart to take effect; keeping the running value"
             );
         }
-        self.shared.app.store(Arc::new(App::new(&config, &self.shared.metrics)));
+        self.app.store(Arc::new(App::new(&config, &self.metrics)));
 
         // Remember the running values of what was not applied, so the next reload compares
         // against what is really in effect.

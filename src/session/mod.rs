@@ -1,21 +1,25 @@
 //! Sessions: the header protocol of DESIGN.md between the store, the cookie and the upstream.
 //!
-//! The proxy calls [`SessionLayer::load`] once before forwarding a request on a session route
-//! and [`SessionLayer::save`] once on the upstream's response. Everything about cookies
-//! (`cookie`), ids (`id`) and header values (`protocol`) is pure and lives in the submodules.
+//! The proxy calls [`SessionLayer::load`] once before forwarding a request on a session route,
+//! which says what [`SessionState`] the request's session is in, and [`SessionLayer::save`]
+//! once on the upstream's response. The store-failure policy (`on_store_error`) is decided in
+//! `load`, and nowhere else. Everything about cookies (`cookie`), ids (`id`) and header values
+//! (`protocol`) is pure and lives in the submodules; `calls` times the store commands.
 
+pub(crate) mod calls;
 pub(crate) mod cookie;
 pub(crate) mod id;
 pub(crate) mod protocol;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
-use crate::config::SessionConfig;
-use crate::metrics::Metrics;
+use crate::config::{OnStoreError, SessionConfig};
+use crate::metrics::{Counter, Metrics};
 use crate::store::{Store, StoreError};
+use calls::{StoreCalls, StoreMetrics};
 use cookie::{CookieCodec, CookieRead};
 use protocol::{Update, UpdateError};
 
@@ -46,100 +50,78 @@ impl SessionEvent {
     }
 }
 
-/// The store as one request uses it: every command is timed for the metrics, and the total
-/// goes on the request's access-log line.
-pub(crate) struct StoreCalls<'a> {
-    store: &'a Store,
-    metrics: &'a Metrics,
-    /// Time spent waiting for the store during this request.
-    pub elapsed: Duration,
-}
-
-impl<'a> StoreCalls<'a> {
-    pub(crate) fn new(store: &'a Store, metrics: &'a Metrics) -> StoreCalls<'a> {
-        StoreCalls { store, metrics, elapsed: Duration::ZERO }
-    }
-
-    async fn timed<T>(
-        &mut self,
-        command: &'static str,
-        fut: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let start = Instant::now();
-        let out = fut.await;
-        let took = start.elapsed();
-        self.elapsed += took;
-        self.metrics.store_command(command, took);
-        out
-    }
-
-    async fn get(&mut self, key: &str, refresh_ttl: Option<u64>) -> Result<Option<Bytes>, StoreError> {
-        let command = if refresh_ttl.is_some() { "getex" } else { "get" };
-        let store = self.store;
-        self.timed(command, store.get(key, refresh_ttl)).await
-    }
-
-    async fn set(&mut self, key: &str, value: &str, ttl: u64) -> Result<(), StoreError> {
-        let store = self.store;
-        self.timed("set", store.set(key, value, ttl)).await
-    }
-
-    async fn del(&mut self, key: &str) -> Result<(), StoreError> {
-        let store = self.store;
-        self.timed("del", store.del(key)).await
-    }
-
-    async fn rename_with(&mut self, old: &str, new: &str, value: &str, ttl: u64) -> Result<(), StoreError> {
-        let store = self.store;
-        self.timed("regenerate", store.rename_with(old, new, value, ttl)).await
-    }
-}
-
-/// What the request side found, handed to the response side.
-#[derive(Debug, Default)]
-pub(crate) struct Loaded {
-    /// A live session: the cookie verified and its key is in the store.
-    live: Option<Live>,
-    /// The cookie verified, but the store could not be read (`on_store_error = "pass"`): the
-    /// id is ours (it is signed) but whether it is live is unknown.
-    unknown: Option<String>,
-    /// The cookie verified with a secret other than the first: re-sign it with the first.
-    needs_resign: bool,
-    /// The request carried a session cookie that failed verification.
-    pub cookie_rejected: bool,
-}
-
+/// The state a request's session is in, as the request side found it and the response side
+/// acts on it.
 #[derive(Debug)]
-struct Live {
+pub(crate) enum SessionState {
+    /// No session: no cookie, one that failed verification, or a verified id whose key is not
+    /// in the store (strict ids). The upstream was sent `{}`.
+    Anonymous,
+    /// The cookie verified and its key is in the store.
+    Live(Live),
+    /// The cookie verified, but the store could not be read (`on_store_error = "pass"`): the id
+    /// is ours (it is signed), whether it is live is unknown. The upstream was sent no session.
+    Unknown { id: String },
+}
+
+/// A live session as it was read.
+#[derive(Debug)]
+pub(crate) struct Live {
     id: String,
-    /// The stored JSON text, kept so `x-session-regenerate` can move it to a new id; `{}` when
-    /// the stored value is not a JSON object (the session is treated as empty).
-    value: Bytes,
+    /// The stored text exactly as read: what a conditional write compares against.
+    #[allow(dead_code)] // read by the conditional writes of DESIGN.md's "Concurrent requests"
+    read: Bytes,
+    /// What the upstream was sent, as stored JSON: `read`, or `{}` when that is not a JSON
+    /// object (the session is treated as empty throughout; a regenerate moves `{}`).
+    sent: Bytes,
+    /// The cookie verified with a secret other than the first: re-sign it with the first.
+    resign: bool,
 }
 
-impl Loaded {
-    /// For a request whose store read failed under `on_store_error = "pass"`.
-    pub(crate) fn unknown(id: Option<String>) -> Loaded {
-        Loaded { unknown: id, ..Loaded::default() }
-    }
-}
-
-/// A failed store read, with the cookie's verified id so `"pass"` can still honour an update.
-#[derive(Debug)]
-pub(crate) struct LoadError {
-    pub error: StoreError,
-    pub id: Option<String>,
-}
-
-/// Why the response side could not finish; each maps to one status code.
+/// Why the response side could not finish; the proxy maps each to its status code.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SaveError {
-    /// 502: the upstream sent an update that is not a JSON object or `null`, or too large.
+    /// The upstream sent an update that is not a JSON object or `null`, or too large.
     #[error("bad session update from upstream: {0}")]
     BadUpdate(#[from] UpdateError),
-    /// 503: the write did not happen, so the client must not be told it did.
+    /// The write did not happen, so the client must not be told it did.
     #[error("session store write failed: {0}")]
     Store(#[from] StoreError),
+}
+
+/// The session metrics' handles, resolved once per session layer.
+struct SessionMetrics {
+    created: Counter,
+    updated: Counter,
+    destroyed: Counter,
+    regenerated: Counter,
+    store: StoreMetrics,
+    metrics: Arc<Metrics>,
+}
+
+impl SessionMetrics {
+    fn new(metrics: &Arc<Metrics>) -> SessionMetrics {
+        SessionMetrics {
+            created: metrics.session_event(SessionEvent::Created.as_str()),
+            updated: metrics.session_event(SessionEvent::Updated.as_str()),
+            destroyed: metrics.session_event(SessionEvent::Destroyed.as_str()),
+            regenerated: metrics.session_event(SessionEvent::Regenerated.as_str()),
+            store: StoreMetrics::new(metrics),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Counts a session created, updated, destroyed or regenerated (a session merely loaded,
+    /// or none, is not an event).
+    fn count(&self, event: SessionEvent) {
+        match event {
+            SessionEvent::Created => self.created.inc(),
+            SessionEvent::Updated => self.updated.inc(),
+            SessionEvent::Destroyed => self.destroyed.inc(),
+            SessionEvent::Regenerated => self.regenerated.inc(),
+            SessionEvent::None | SessionEvent::Loaded => return,
+        };
+    }
 }
 
 /// One config generation's session settings, ready for the hot path.
@@ -147,15 +129,26 @@ pub(crate) struct SessionLayer {
     cfg: SessionConfig,
     codec: CookieCodec,
     key_prefix: String,
+    metrics: SessionMetrics,
 }
 
 impl SessionLayer {
-    pub(crate) fn new(cfg: &SessionConfig, key_prefix: &str) -> SessionLayer {
-        SessionLayer { cfg: cfg.clone(), codec: CookieCodec::new(cfg), key_prefix: key_prefix.to_string() }
+    pub(crate) fn new(cfg: &SessionConfig, key_prefix: &str, metrics: &Arc<Metrics>) -> SessionLayer {
+        SessionLayer {
+            cfg: cfg.clone(),
+            codec: CookieCodec::new(cfg),
+            key_prefix: key_prefix.to_string(),
+            metrics: SessionMetrics::new(metrics),
+        }
     }
 
     pub(crate) fn config(&self) -> &SessionConfig {
         &self.cfg
+    }
+
+    /// `store` as one request of this layer uses it: timed and counted.
+    pub(crate) fn calls<'a>(&'a self, store: &'a Store) -> StoreCalls<'a> {
+        StoreCalls::new(store, &self.metrics.store)
     }
 
     fn key(&self, id: &str) -> String {
@@ -167,46 +160,53 @@ impl SessionLayer {
 
     /// Request side: verifies the cookie, reads the session in one round trip (GETEX when
     /// `rolling`) and puts it in the request's session header. A request without a valid
-    /// cookie needs no store read and carries `{}`. `request_id` is for its log line.
+    /// cookie needs no store read and carries `{}`. `request_id` is for log lines.
+    ///
+    /// A failed read is decided here by `on_store_error`: `"pass"` forwards without a session
+    /// ([`SessionState::Unknown`]), `"fail"` returns the error (the proxy answers 503).
     pub(crate) async fn load(
         &self,
         store: &mut StoreCalls<'_>,
         headers: &mut HeaderMap,
         request_id: &str,
-    ) -> Result<Loaded, LoadError> {
+    ) -> Result<SessionState, StoreError> {
         let verified = match self.codec.read_cookie(headers) {
             CookieRead::Valid(v) => v,
             read => {
+                if matches!(read, CookieRead::Rejected) {
+                    self.metrics.metrics.cookie_rejected();
+                }
                 headers.insert(&self.cfg.header, protocol::empty_session());
-                let cookie_rejected = matches!(read, CookieRead::Rejected);
-                return Ok(Loaded { cookie_rejected, ..Loaded::default() });
+                return Ok(SessionState::Anonymous);
             }
         };
         let refresh = self.cfg.rolling.then_some(self.cfg.max_age);
-        let stored = match store.get(&self.key(&verified.id), refresh).await {
-            Ok(stored) => stored,
-            Err(error) => return Err(LoadError { error, id: Some(verified.id) }),
+        let read = match store.get(&self.key(&verified.id), refresh).await {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                // Strict ids: a signed id that is not in the store is a new visitor.
+                headers.insert(&self.cfg.header, protocol::empty_session());
+                return Ok(SessionState::Anonymous);
+            }
+            Err(error) => {
+                return match self.cfg.on_store_error {
+                    OnStoreError::Fail => Err(error),
+                    OnStoreError::Pass => {
+                        tracing::warn!(request_id, error = %error, "session store read failed; forwarding without a session");
+                        Ok(SessionState::Unknown { id: verified.id })
+                    }
+                };
+            }
         };
-        let Some(value) = stored else {
-            // Strict ids: a signed id that is not in the store is a new visitor.
-            headers.insert(&self.cfg.header, protocol::empty_session());
-            return Ok(Loaded::default());
-        };
-        let (header, value) = match protocol::to_request_header(&value) {
-            Ok(header) => (header, value),
+        let (header, sent) = match protocol::to_request_header(&read) {
+            Ok(header) => (header, read.clone()),
             Err(_) => {
                 tracing::warn!(request_id, "stored session is not a JSON object; treating it as empty");
-                // Treated as empty throughout: a regenerate moves `{}`, what the upstream saw,
-                // not the unreadable value.
                 (protocol::empty_session(), Bytes::from_static(protocol::EMPTY_SESSION.as_bytes()))
             }
         };
         headers.insert(&self.cfg.header, header);
-        Ok(Loaded {
-            live: Some(Live { id: verified.id, value }),
-            needs_resign: verified.needs_resign,
-            ..Loaded::default()
-        })
+        Ok(SessionState::Live(Live { id: verified.id, read, sent, resign: verified.needs_resign }))
     }
 
     /// Response side: acts on the exact update and regenerate headers, writes the store and
@@ -215,71 +215,99 @@ impl SessionLayer {
     pub(crate) async fn save(
         &self,
         store: &mut StoreCalls<'_>,
-        loaded: Loaded,
+        state: SessionState,
         resp: &mut HeaderMap,
     ) -> Result<SessionEvent, SaveError> {
         let update = self.read_update(resp)?;
         let regenerate = resp.contains_key(&self.cfg.regenerate_header);
-        let max_age = self.cfg.max_age;
-        let Loaded { live, unknown, needs_resign, .. } = loaded;
-        let current = live.as_ref().map(|l| l.id.as_str()).or(unknown.as_deref());
-
-        let event = match (update, current) {
-            (Some(Update::Destroy), Some(id)) => {
-                store.del(&self.key(id)).await?;
-                resp.append(SET_COOKIE, self.codec.clear_cookie());
-                SessionEvent::Destroyed
-            }
-            (Some(Update::Destroy), None) => SessionEvent::None,
-            (Some(Update::Replace(text)), Some(id)) if regenerate => {
-                let new = id::new_id();
-                store.rename_with(&self.key(id), &self.key(&new), &text, max_age).await?;
-                self.set_cookie(resp, &new);
-                SessionEvent::Regenerated
-            }
-            // Only a session found in the store is overwritten in place. One whose read failed
-            // (`"pass"`) may hold data the upstream never saw: its update starts a new session
-            // rather than replace that data (strict ids).
-            (Some(Update::Replace(text)), Some(id)) if live.is_some() => {
-                store.set(&self.key(id), &text, max_age).await?;
-                if self.cfg.rolling || needs_resign {
-                    self.set_cookie(resp, id);
-                }
-                SessionEvent::Updated
-            }
-            (Some(Update::Replace(text)), _) => {
-                let new = id::new_id();
-                store.set(&self.key(&new), &text, max_age).await?;
-                self.set_cookie(resp, &new);
-                SessionEvent::Created
-            }
-            (None, _) => match live {
-                Some(live) if regenerate => {
-                    let new = id::new_id();
-                    // `load` keeps only values it served (valid JSON objects, so UTF-8) or `{}`.
-                    let text = std::str::from_utf8(&live.value).unwrap_or(protocol::EMPTY_SESSION);
-                    store.rename_with(&self.key(&live.id), &self.key(&new), text, max_age).await?;
-                    self.set_cookie(resp, &new);
-                    SessionEvent::Regenerated
-                }
-                Some(live) => {
-                    if self.cfg.rolling || needs_resign {
-                        self.set_cookie(resp, &live.id);
-                    }
-                    SessionEvent::Loaded
-                }
-                // The store was unreachable on read: leave the unknown session alone.
-                None if unknown.is_some() => SessionEvent::None,
+        let event = match state {
+            SessionState::Anonymous => match update {
+                Some(Update::Replace(text)) => self.create(store, &text, resp).await?,
                 None if self.cfg.save_uninitialized => {
-                    let new = id::new_id();
-                    store.set(&self.key(&new), protocol::EMPTY_SESSION, max_age).await?;
-                    self.set_cookie(resp, &new);
-                    SessionEvent::Created
+                    self.create(store, protocol::EMPTY_SESSION, resp).await?
                 }
+                // Nothing to destroy, nothing to move.
+                Some(Update::Destroy) | None => SessionEvent::None,
+            },
+            SessionState::Unknown { id } => match update {
+                Some(Update::Destroy) => self.destroy(store, &id, resp).await?,
+                Some(Update::Replace(text)) if regenerate => self.regenerate(store, &id, &text, resp).await?,
+                // The session may hold data the upstream never saw: its update starts a new
+                // session rather than replace that data (strict ids).
+                Some(Update::Replace(text)) => self.create(store, &text, resp).await?,
+                // The store was unreachable on read: leave the unknown session alone.
                 None => SessionEvent::None,
             },
+            SessionState::Live(live) => match update {
+                Some(Update::Destroy) => self.destroy(store, &live.id, resp).await?,
+                Some(Update::Replace(text)) if regenerate => {
+                    self.regenerate(store, &live.id, &text, resp).await?
+                }
+                Some(Update::Replace(text)) => {
+                    store.set(&self.key(&live.id), &text, self.cfg.max_age).await?;
+                    self.refresh_cookie(resp, &live);
+                    SessionEvent::Updated
+                }
+                None if regenerate => {
+                    // `load` keeps only values it served (JSON objects, so UTF-8) or `{}`.
+                    let text = std::str::from_utf8(&live.sent).unwrap_or(protocol::EMPTY_SESSION);
+                    self.regenerate(store, &live.id, text, resp).await?
+                }
+                None => {
+                    self.refresh_cookie(resp, &live);
+                    SessionEvent::Loaded
+                }
+            },
         };
+        self.metrics.count(event);
         Ok(event)
+    }
+
+    /// A new session under a fresh id, and its cookie.
+    async fn create(
+        &self,
+        store: &mut StoreCalls<'_>,
+        text: &str,
+        resp: &mut HeaderMap,
+    ) -> Result<SessionEvent, StoreError> {
+        let new = id::new_id();
+        store.set(&self.key(&new), text, self.cfg.max_age).await?;
+        self.set_cookie(resp, &new);
+        Ok(SessionEvent::Created)
+    }
+
+    /// `text` under a fresh id, the old key deleted, and the new cookie.
+    async fn regenerate(
+        &self,
+        store: &mut StoreCalls<'_>,
+        old: &str,
+        text: &str,
+        resp: &mut HeaderMap,
+    ) -> Result<SessionEvent, StoreError> {
+        let new = id::new_id();
+        store.rename_with(&self.key(old), &self.key(&new), text, self.cfg.max_age).await?;
+        self.set_cookie(resp, &new);
+        Ok(SessionEvent::Regenerated)
+    }
+
+    /// The key deleted and the cookie cleared.
+    async fn destroy(
+        &self,
+        store: &mut StoreCalls<'_>,
+        id: &str,
+        resp: &mut HeaderMap,
+    ) -> Result<SessionEvent, StoreError> {
+        store.del(&self.key(id)).await?;
+        resp.append(SET_COOKIE, self.codec.clear_cookie());
+        Ok(SessionEvent::Destroyed)
+    }
+
+    /// A live session keeps its id; its cookie is sent again when `rolling` (a new Max-Age) or
+    /// when it was signed with an old secret (secret rotation).
+    fn refresh_cookie(&self, resp: &mut HeaderMap, live: &Live) {
+        if self.cfg.rolling || live.resign {
+            self.set_cookie(resp, &live.id);
+        }
     }
 
     /// The update header by its exact name. More than one is ambiguous and refused.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// Number of independently locked shards: enough that concurrent requests rarely wait on the
 /// same lock, few enough that the sweep of one shard stays short.

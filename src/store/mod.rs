@@ -9,8 +9,11 @@
 //! failures come back as a [`StoreError`] whose [`kind`](StoreError::kind) is a bounded metrics
 //! label. Errors never carry session values or the store password.
 
+mod error;
 pub mod memory;
 pub mod redis;
+
+pub use error::StoreError;
 
 use bytes::Bytes;
 
@@ -23,38 +26,6 @@ pub enum Store {
     Memory(memory::MemoryStore),
     /// `redis://` or `rediss://`: a pool of fred clients.
     Redis(redis::RedisStore),
-}
-
-/// Why a store call failed. The proxy answers 503 for all of them at run time; `Config` only
-/// comes from [`Store::connect`].
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The call did not finish within `StoreConfig::timeout` while connected (a stalled or
-    /// overloaded server).
-    #[error("store call timed out")]
-    Timeout,
-    /// The store cannot be reached: not connected, connection lost, TLS or authentication
-    /// failure.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The server answered with an error (for example out of memory, wrong type).
-    #[error("store command failed: {0}")]
-    Command(String),
-    /// The store configuration cannot work (bad URL, unreadable `ca_file`).
-    #[error("store configuration: {0}")]
-    Config(String),
-}
-
-impl StoreError {
-    /// A short, fixed label for metrics and logs (bounded cardinality).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreError::Timeout => "timeout",
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Command(_) => "command",
-            StoreError::Config(_) => "config",
-        }
-    }
 }
 
 impl Store {
@@ -154,14 +125,6 @@ mod tests {
             timeout: Duration::from_millis(1000),
             pool_size: 2,
         }
-    }
-
-    #[test]
-    fn error_kinds_are_fixed_labels() {
-        assert_eq!(StoreError::Timeout.kind(), "timeout");
-        assert_eq!(StoreError::Unavailable("x".into()).kind(), "unavailable");
-        assert_eq!(StoreError::Command("x".into()).kind(), "command");
-        assert_eq!(StoreError::Config("x".into()).kind(), "config");
     }
 
     #[tokio::test]

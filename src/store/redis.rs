@@ -44,7 +44,7 @@ use rustls::RootCertStore;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::boxed::pin_in_place;
 use crate::config::StoreConfig;
 

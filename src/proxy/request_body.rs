@@ -1,36 +1,25 @@
-//! Body types: the client's request body on its way upstream, which says when it has been
-//! sent in full (the upstream timeout starts then) and is cut when the client stops sending,
-//! and the response body type.
+//! The client's request body on its way upstream: it says when it has been sent in full (the
+//! upstream timeout starts then), sees an upstream that stops reading it, and is cut when the
+//! client stops sending.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use super::client::PooledBody;
-
-/// What the proxy sends to clients: the upstream's streamed body, or a small body of its own
-/// (errors, 404). `Either` avoids boxing on the hot path.
-pub(crate) type ProxyBody = Either<PooledBody, Full<Bytes>>;
-
-/// A short local response body.
-pub(crate) fn local(text: &'static str) -> ProxyBody {
-    Either::Right(Full::new(Bytes::from_static(text.as_bytes())))
-}
-
 /// Why the request body stopped before its end.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RequestBodyError {
-    /// The client sent nothing for the body idle timeout: the request is answered 408.
+    /// The client sent nothing for the body idle timeout (the request is answered 408; the
+    /// body's [`BodyWatch`] says so too).
     #[error("the client sent no request body data for {0:?}")]
     Idle(Duration),
     /// The client's connection failed or sent a malformed body.
@@ -72,7 +61,11 @@ impl UpstreamBody {
             return (body, None);
         }
         let (tx, sent) = oneshot::channel();
-        let handoff = Arc::new(Handoff { start: Instant::now(), since_ms: AtomicU64::new(0) });
+        let handoff = Arc::new(Handoff {
+            start: Instant::now(),
+            since_ms: AtomicU64::new(0),
+            client_idle: AtomicBool::new(false),
+        });
         body.sent = Some(tx);
         body.handoff = Some(handoff.clone());
         (body, Some(BodyWatch { sent, stall: StallWatch { handoff } }))
@@ -87,6 +80,9 @@ struct Handoff {
     /// Milliseconds after `start`, plus one, of the last frame handed over that was not
     /// followed by another poll; 0 while hyper is asking for more or the body is done.
     since_ms: AtomicU64,
+    /// The body failed because the client sent nothing for the idle timeout: the request
+    /// failed on the client's side, not the upstream's.
+    client_idle: AtomicBool,
 }
 
 impl Handoff {
@@ -103,12 +99,17 @@ pub(crate) struct BodyWatch {
     pub stall: StallWatch,
 }
 
-/// See [`StallWatch::upstream_stalled`].
+/// See [`StallWatch::upstream_stalled`] and [`StallWatch::client_went_idle`].
 pub(crate) struct StallWatch {
     handoff: Arc<Handoff>,
 }
 
 impl StallWatch {
+    /// Whether the body was cut because the client stopped sending it.
+    pub(crate) fn client_went_idle(&self) -> bool {
+        self.handoff.client_idle.load(Ordering::Relaxed)
+    }
+
     /// Completes when the upstream has not taken any of the body for `idle` (the proxy passes
     /// `upstream_timeout_ms`): it accepted the request but stopped reading it, which neither
     /// the client-side idle timeout (the client is not the one waiting) nor the wait for
@@ -148,7 +149,12 @@ impl Body for UpstreamBody {
                     *this.idle_armed = true;
                 }
                 match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(RequestBodyError::Idle(timeout)))),
+                    Poll::Ready(()) => {
+                        if let Some(handoff) = this.handoff.as_deref() {
+                            handoff.client_idle.store(true, Ordering::Relaxed);
+                        }
+                        Poll::Ready(Some(Err(RequestBodyError::Idle(timeout))))
+                    }
                     Poll::Pending => return Poll::Pending,
                 }
             }

@@ -1,0 +1,144 @@
+//! Everything that can go wrong on a request, and the one place that turns it into a status
+//! code (DESIGN.md, "Errors and bad input") and a log line.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::client::UpstreamError;
+use super::response::{status_response, ProxyBody};
+use crate::session::protocol::UpdateError;
+use crate::session::SaveError;
+use crate::store::StoreError;
+
+/// Why a request got an answer of the proxy's own instead of the upstream's.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    /// No `[[route]]` matches the request.
+    #[error("no route matches")]
+    NoRoute,
+    /// The session could not be read and `on_store_error = "fail"`: the upstream is not called.
+    #[error("session store read failed: {0}")]
+    StoreRead(StoreError),
+    /// The upstream refused or reset the connection, or answered with garbage.
+    #[error("upstream failed: {0}")]
+    Upstream(UpstreamError),
+    /// The upstream did not answer in time (its connect, its response headers within
+    /// `upstream_timeout_ms`, or it stopped reading the request body); the reason is for the
+    /// log line.
+    #[error("upstream timed out: {0}")]
+    UpstreamTimeout(&'static str),
+    /// The client stopped sending its request body for this long; the upstream request was
+    /// aborted.
+    #[error("the client sent no request body data for {0:?}")]
+    ClientBodyIdle(Duration),
+    /// The upstream sent a session update that cannot be stored; nothing was written.
+    #[error("upstream sent a bad session update: {0}")]
+    BadUpdate(UpdateError),
+    /// The store write of a session change failed: never a 2xx for a change that was not saved.
+    #[error("session store write failed: {0}")]
+    StoreWrite(StoreError),
+    /// The upstream answered 101 to a request that did not ask to switch protocols.
+    #[error("upstream switched protocols without being asked")]
+    UnaskedUpgrade,
+}
+
+impl Failure {
+    /// DESIGN.md's error table.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::ClientBodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
+            Failure::Upstream(_) | Failure::BadUpdate(_) | Failure::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
+            Failure::StoreRead(_) | Failure::StoreWrite(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The response the client gets: the status with its reason phrase as a short text body;
+    /// a store failure says when to try again.
+    pub(crate) fn response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut resp = status_response(status, status_text(status));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+
+    /// Logs the failure with the request id and route (a request that matched no route is not
+    /// logged: it is the client's mistake, and the access log has it). Messages never carry a
+    /// session value, a cookie or a secret.
+    pub(crate) fn log(&self, request_id: &str, route: &str) {
+        let status = self.status().as_u16();
+        match self {
+            Failure::NoRoute => {}
+            Failure::StoreRead(error) => {
+                tracing::warn!(request_id, route, status, error = %error, "session store read failed; answering 503");
+            }
+            Failure::StoreWrite(error) => {
+                tracing::warn!(request_id, route, status, error = %error, "session store write failed; answering 503");
+            }
+            Failure::BadUpdate(error) => {
+                tracing::warn!(request_id, route, status, error = %error, "upstream sent a bad session update; nothing written");
+            }
+            Failure::Upstream(error) => {
+                let reason = match std::error::Error::source(error) {
+                    Some(source) => format!("{error}: {source}"),
+                    None => error.to_string(),
+                };
+                tracing::warn!(request_id, route, status, reason = %reason, "upstream failed");
+            }
+            Failure::UpstreamTimeout(_) | Failure::ClientBodyIdle(_) => {
+                tracing::warn!(request_id, route, status, reason = %self, "upstream failed");
+            }
+            Failure::UnaskedUpgrade => {
+                tracing::warn!(request_id, route, status, "upstream switched protocols without being asked");
+            }
+        }
+    }
+}
+
+impl From<SaveError> for Failure {
+    fn from(e: SaveError) -> Failure {
+        match e {
+            SaveError::BadUpdate(e) => Failure::BadUpdate(e),
+            SaveError::Store(e) => Failure::StoreWrite(e),
+        }
+    }
+}
+
+fn status_text(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "404 Not Found\n",
+        StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
+        StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
+        StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
+        _ => "502 Bad Gateway\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_has_its_status_and_store_failures_say_when_to_retry() {
+        let cases = [
+            (Failure::NoRoute, 404),
+            (Failure::ClientBodyIdle(Duration::from_secs(1)), 408),
+            (Failure::BadUpdate(UpdateError::Duplicate), 502),
+            (Failure::UnaskedUpgrade, 502),
+            (Failure::StoreRead(StoreError::Timeout), 503),
+            (Failure::StoreWrite(StoreError::Unavailable("down".into())), 503),
+            (Failure::UpstreamTimeout("no response headers"), 504),
+        ];
+        for (failure, status) in cases {
+            let resp = failure.response();
+            assert_eq!(resp.status().as_u16(), status, "{failure}");
+            assert_eq!(resp.headers().get(header::RETRY_AFTER).is_some(), status == 503, "{failure}");
+            assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The store as one request uses it: every command is timed into its histogram, every failure
+//! counted by its kind, and the total time goes on the request's access-log line.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::metrics::{Histogram, Metrics, StoreErrorCounters};
+use crate::store::{Store, StoreError};
+
+/// The metric handles of the store commands a request makes, resolved once per session layer
+/// so that timing a command hashes no labels.
+pub(crate) struct StoreMetrics {
+    get: Histogram,
+    getex: Histogram,
+    set: Histogram,
+    del: Histogram,
+    regenerate: Histogram,
+    errors: StoreErrorCounters,
+}
+
+impl StoreMetrics {
+    pub(crate) fn new(metrics: &Metrics) -> StoreMetrics {
+        StoreMetrics {
+            get: metrics.store_command("get"),
+            getex: metrics.store_command("getex"),
+            set: metrics.store_command("set"),
+            del: metrics.store_command("del"),
+            regenerate: metrics.store_command("regenerate"),
+            errors: metrics.store_errors(&StoreError::KINDS),
+        }
+    }
+}
+
+/// One request's view of the store (see the module docs).
+pub(crate) struct StoreCalls<'a> {
+    store: &'a Store,
+    metrics: &'a StoreMetrics,
+    /// Time spent waiting for the store during this request.
+    pub elapsed: Duration,
+}
+
+impl<'a> StoreCalls<'a> {
+    pub(crate) fn new(store: &'a Store, metrics: &'a StoreMetrics) -> StoreCalls<'a> {
+        StoreCalls { store, metrics, elapsed: Duration::ZERO }
+    }
+
+    async fn timed<T>(
+        &mut self,
+        histogram: &Histogram,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let out = fut.await;
+        let took = start.elapsed();
+        self.elapsed += took;
+        histogram.observe(took.as_secs_f64());
+        if let Err(e) = &out {
+            self.metrics.errors.count(e.kind());
+        }
+        out
+    }
+
+    /// `GET key`, or `GETEX key EX secs` with `refresh_ttl`.
+    pub(crate) async fn get(
+        &mut self,
+        key: &str,
+        refresh_ttl: Option<u64>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        let histogram = if refresh_ttl.is_some() { &m.getex } else { &m.get };
+        self.timed(histogram, store.get(key, refresh_ttl)).await
+    }
+
+    pub(crate) async fn set(&mut self, key: &str, value: &str, ttl: u64) -> Result<(), StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.set, store.set(key, value, ttl)).await
+    }
+
+    pub(crate) async fn del(&mut self, key: &str) -> Result<(), StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.del, store.del(key)).await
+    }
+
+    pub(crate) async fn rename_with(
+        &mut self,
+        old: &str,
+        new: &str,
+        value: &str,
+        ttl: u64,
+    ) -> Result<(), StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.regenerate, store.rename_with(old, new, value, ttl)).await
+    }
+}

@@ -1,0 +1,56 @@
+//! Why a store call failed, by kind.
+
+/// Why a store call failed. The proxy answers 503 for all of them at run time; `Config` only
+/// comes from [`Store::connect`](super::Store::connect).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The call did not finish within `StoreConfig::timeout` while connected (a stalled or
+    /// overloaded server).
+    #[error("store call timed out")]
+    Timeout,
+    /// The store cannot be reached: not connected, connection lost, TLS or authentication
+    /// failure.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The server answered with an error (for example out of memory, wrong type).
+    #[error("store command failed: {0}")]
+    Command(String),
+    /// The store configuration cannot work (bad URL, unreadable `ca_file`).
+    #[error("store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Every [`kind`](StoreError::kind), for metrics that expose each at 0 from the start.
+    pub const KINDS: [&'static str; 4] = ["timeout", "unavailable", "command", "config"];
+
+    /// A short, fixed label for metrics and logs (bounded cardinality).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Command(_) => "command",
+            StoreError::Config(_) => "config",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_are_fixed_labels() {
+        assert_eq!(StoreError::Timeout.kind(), "timeout");
+        assert_eq!(StoreError::Unavailable("x".into()).kind(), "unavailable");
+        assert_eq!(StoreError::Command("x".into()).kind(), "command");
+        assert_eq!(StoreError::Config("x".into()).kind(), "config");
+        let errors = [
+            StoreError::Timeout,
+            StoreError::Unavailable("x".into()),
+            StoreError::Command("x".into()),
+            StoreError::Config("x".into()),
+        ];
+        assert_eq!(errors.map(|e| e.kind()), StoreError::KINDS);
+    }
+}
