@@ -15,13 +15,15 @@
 #     (bench/send_requests.py), and dumps the counters (callgrind_control -d);
 #   - writes bench/callgrind_summary.py's tables (instructions per request, self cost by crate,
 #     top functions by self and inclusive cost, malloc/free/memcpy calls per request) into
-#     bench/results/profile-<date>-<scenario>.txt (the raw callgrind.out file is copied to
-#     /tmp/session-proxy-callgrind-<date>-<scenario>.out for callgrind_annotate or kcachegrind).
+#     bench/out/profile-<date>-<scenario>.txt, and the raw dump beside it as
+#     callgrind-<date>-<scenario>.out (for callgrind_annotate or kcachegrind).
 #
 # PROFILER=perf instead samples the native binary with `perf record -e cpu-clock` (kernel
 # included) while wrk -t2 -c64 loads it for PERF_SECONDS=10, and writes the top shared objects
-# and symbols into bench/results/perf-<date>-<scenario>.txt. Wall-clock samples are skewed by
+# and symbols into bench/out/perf-<date>-<scenario>.txt. Wall-clock samples are skewed by
 # other load on the machine; callgrind's counts are not.
+#
+# bench/out/ is ignored by git: profiles are made on demand, never committed.
 #
 # Environment (defaults): REQUESTS=20000, WARM=2000, CONNECTIONS=8, SESSION_PROXY_BIN= (else
 # the release binary is built as in run.sh; needs `debug = "line-tables-only"` or more for
@@ -119,7 +121,8 @@ requests() { # requests COUNT URL [COOKIE]: prints how many got 200
     }
 }
 
-mkdir -p "$BENCH_DIR/results"
+OUT="$BENCH_DIR/out"
+mkdir -p "$OUT"
 DATE="$(date -u +%Y-%m-%d)"
 
 path_of() {
@@ -159,7 +162,7 @@ if [[ "${PROFILER:-callgrind}" == perf ]]; then
         perf record -q -e cpu-clock -F 1999 -p "$sp" -o "$TMP/perf.$n.data" -- sleep "${PERF_SECONDS:-10}" \
             >/dev/null 2>&1
         wait "$wrk_pid" || true
-        report="$BENCH_DIR/results/perf-$DATE-$n.txt"
+        report="$OUT/perf-$DATE-$n.txt"
         {
             echo "session-proxy perf profile (cpu-clock, 1999 Hz, native, under wrk -t2 -c64), scenario $n ($path)"
             echo "commit $(git -C "$ROOT" rev-parse --short HEAD), binary $BIN, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -216,7 +219,7 @@ for n in "${SCENARIOS[@]}"; do
     # The dump after -z holds exactly the measured requests; it is the file with the suffix .1
     dump="$(ls "$out".* 2>/dev/null | sort | head -1)"
     [[ -n "$dump" ]] || die "scenario $n: no callgrind dump"
-    report="$BENCH_DIR/results/profile-$DATE-$n.txt"
+    report="$OUT/profile-$DATE-$n.txt"
     {
         echo "${cmd[0]##*/} callgrind profile, scenario $n ($path), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "commit $(git -C "$ROOT" rev-parse --short HEAD), binary ${cmd[0]}"
@@ -225,7 +228,7 @@ for n in "${SCENARIOS[@]}"; do
         echo
         python3 "$BENCH_DIR/callgrind_summary.py" "$dump" "$done_requests"
     } >"$report"
-    cp "$dump" "$TMP/../session-proxy-callgrind-$DATE-$n.out"
+    cp "$dump" "$OUT/callgrind-$DATE-$n.out"
     log "scenario $n: $(sed -n 6p "$report") -> $report"
     rm -f "$out"*
 done

@@ -42,7 +42,9 @@
 #     summed over the proxy's processes);
 #   - starts a fresh session-proxy and measures its VmRSS before and while it holds 10,000
 #     idle keep-alive connections (bench/idle_conns.py);
-#   - prints the table (bench/report.py) and writes it to bench/results/<UTC date>.md.
+#   - prints the report (bench/report.py) and writes it to bench/out/report-<UTC time>.md
+#     (bench/out/ is ignored by git). The one committed report, bench/results/latest.md, is
+#     the run the README's table quotes: copy a run there by hand when the README changes.
 #
 # session-proxy runs with RUST_LOG=warn: the info-level access log is not what is compared
 # (nginx runs with access_log off, the Node proxy logs nothing per request).
@@ -66,7 +68,7 @@
 # FLOOR= (1 adds scenarios 7 and 8, about 2 minutes more), BARE_PROXY_BIN= (their binary,
 # else built with session-proxy, the same way), PGO=1 (0: plain release builds), SESSION_PROXY_BIN= (use this binary, skip the build), BENCH_REV= (build this commit from a
 # `git archive` export instead of the work tree), RESULTS_FILE= (instead of
-# bench/results/<date>.md), KEEP_TMP=1 (keep the temp dir with every raw
+# bench/out/report-<UTC time>.md), KEEP_TMP=1 (keep the temp dir with every raw
 # wrk output and log), NO_INSTALL=1 (never call apt-get/npm install).
 #
 # A proxy that dies, or a run with non-2xx responses or socket errors, is reported in the
@@ -633,8 +635,8 @@ for ((n = 1; n <= SCENARIOS; n++)); do
     [[ -n "${SKIP[$n]:-}" ]] && echo "skip$n=${SKIP[$n]}" >>"$META"
 done
 
-mkdir -p "$BENCH_DIR/results"
-RESULT="${RESULTS_FILE:-$BENCH_DIR/results/$(date -u +%Y-%m-%d).md}"
+mkdir -p "$BENCH_DIR/out"
+RESULT="${RESULTS_FILE:-$BENCH_DIR/out/report-$(date -u +%Y-%m-%dT%H%M%SZ).md}"
 python3 "$BENCH_DIR/report.py" --meta "$META" --runs "$RAW" --peak "$PEAK" --idle "$IDLE_JSON" \
     --notes "$NOTES" >"$TMP/report.md"
 cat "$TMP/report.md"

@@ -1,5 +1,6 @@
 //! The HTTP half: routing, streaming, hop-by-hop headers, forwarding headers, request ids,
-//! upgrades, upstream failures, timeouts and graceful shutdown.
+//! upgrades, the upstream timeout and graceful shutdown. Failing upstreams are in
+//! `upstream_faults.rs`, slow or hostile clients in `hostile.rs` and `parking.rs`.
 
 mod common;
 
@@ -11,8 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use session_proxy::Limits;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 fn routes(a: &Upstream, b: &Upstream) -> String {
@@ -275,34 +274,6 @@ async fn websocket_passes_through() {
 }
 
 #[tokio::test]
-async fn refused_upstream_is_502_and_slow_upstream_is_504() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let slow = upstream(|_req| async {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Response::new(empty())
-    })
-    .await;
-    let proxy = start_proxy(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nupstream_timeout_ms = 300\n\
-         [[route]]\nprefix = \"/refused\"\nupstream = \"http://{closed}\"\nsession = false\n\
-         [[route]]\nprefix = \"/slow\"\nupstream = \"{}\"\nsession = false\n",
-        slow.url()
-    ))
-    .await;
-    let (s, h, _) = get(&proxy.url("/refused")).await;
-    assert_eq!(s, StatusCode::BAD_GATEWAY);
-    assert!(h.contains_key("x-request-id"));
-    let (s, _, _) = get(&proxy.url("/slow")).await;
-    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
-    // Still serving afterwards.
-    let (s, _, _) = get(&proxy.url("/refused")).await;
-    assert_eq!(s, StatusCode::BAD_GATEWAY);
-}
-
-#[tokio::test]
 async fn upstream_timeout_starts_after_the_request_body() {
     let up = upstream(|req: Request<hyper::body::Incoming>| async move {
         let n = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
@@ -329,31 +300,6 @@ async fn upstream_timeout_starts_after_the_request_body() {
     let resp = pending.await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "12");
-}
-
-#[tokio::test]
-async fn slow_headers_are_cut_by_the_header_read_timeout() {
-    let a = echo_upstream("a").await;
-    let limits = Limits { header_read_timeout: Duration::from_millis(300), ..Limits::default() };
-    let proxy = start_proxy_with(
-        config(&format!("[[route]]\nprefix = \"/\"\nupstream = \"{}\"\nsession = false\n", a.url())),
-        limits,
-    )
-    .await;
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let mut buf = Vec::new();
-    // The server closes the connection (possibly after a 408) instead of waiting forever.
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "connection still open long after the header timeout");
-
-    // An idle keep-alive connection is closed too.
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "idle keep-alive connection never closed");
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
 }
 
 #[tokio::test]

@@ -5,7 +5,9 @@
 //! The behaviour bodies take a [`Backend`] and run against Redis (values and TTLs read back
 //! with `redis-cli`), against the embedded `memory://` store (read back through the proxy
 //! itself) and, for the lifecycle, against a TLS-only Redis with a password (the Upstash
-//! path). Redis-only tests cover what only Redis has: outages, Remix's own keys, TTLs.
+//! path). Redis-only tests cover what only Redis has: Remix's own keys, values written by
+//! others, a store that fails between the read and the write. Redis down, frozen or cut off
+//! as a whole is in `store_faults.rs`.
 //!
 //! The upstream is scripted by the request: every `reply-NAME: VALUE` header the test sends is
 //! answered with `NAME: VALUE`, and the response body lists the headers the upstream received.
@@ -220,13 +222,6 @@ session = false
             Backend::Redis(server) => Some(lock(server)),
             Backend::Memory => None,
         }
-    }
-
-    /// Runs `f` on the Redis server off the runtime's worker threads (stop and restart block).
-    async fn with_redis(&self, f: impl FnOnce(&mut RedisServer) + Send + 'static) {
-        let Backend::Redis(server) = &self.backend else { panic!("not a Redis test") };
-        let server = server.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&server))).await.unwrap();
     }
 
     fn hits(&self) -> usize {
@@ -1056,7 +1051,7 @@ async fn secret_rotation_verifies_old_and_re_signs_with_the_first(backend: Backe
 }
 
 // ---------------------------------------------------------------------------------------------
-// Redis only: compatibility with Remix, stored values, outages
+// Redis only: compatibility with Remix, stored values, failed writes
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -1136,64 +1131,6 @@ async fn stored_non_objects_are_an_empty_session() {
     env.assert_stored(VECTOR_ID, Some(r#"{"fixed":true}"#)).await;
 }
 
-/// Redis stopped: a request that needs a store read is 503 with `Retry-After: 1` and never
-/// reaches the upstream; requests that need no read still work; when Redis is back the same
-/// proxy serves sessions again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_is_503_and_the_proxy_recovers() {
-    let opts = Opts { store_timeout_ms: FAILING_STORE_TIMEOUT_MS, ..Opts::default() };
-    let env = Env::start(Backend::redis(), opts).await;
-    let session = env.create(r#"{"user":"ann"}"#).await;
-    env.with_redis(RedisServer::stop).await;
-
-    let hits = env.hits();
-    for reply in [&[][..], &[("x-session-update", r#"{"user":"bob"}"#)][..]] {
-        let answer = env.call(Some(&session.pair), reply).await;
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(answer.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
-        answer.assert_no_session_cookie();
-    }
-    assert_eq!(env.hits(), hits, "the upstream must not be called");
-
-    // No cookie, a bad cookie, a non-session route: no store read needed.
-    for cookie in [None, Some("__session=garbage")] {
-        let answer = env.call(cookie, &[]).await;
-        assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.session(), Some("{}"));
-    }
-    let answer = env.request("/static/x", Some(&session.pair), &[], &[]).await;
-    assert_eq!(answer.status, StatusCode::OK);
-    // A new visitor's update cannot be saved: 503, not a 2xx claiming a session.
-    let answer = env.call(None, &[("x-session-update", r#"{"user":"bob"}"#)]).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    answer.assert_no_session_cookie();
-
-    env.with_redis(RedisServer::restart).await;
-    env.wait_until_serving().await;
-    // Nothing was persisted, so the old id is gone: a new visitor (strict ids).
-    assert_eq!(env.call(Some(&session.pair), &[]).await.session(), Some("{}"));
-    let fresh = env.create(r#"{"user":"carol"}"#).await;
-    env.assert_fresh_ttl(&fresh.id);
-}
-
-/// A frozen Redis (SIGSTOP: connections open, no answers) is slower than `timeout_ms`: 503
-/// without calling the upstream; once it runs again the sessions are all there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frozen_redis_is_503_and_sessions_survive() {
-    let opts = Opts { store_timeout_ms: FAILING_STORE_TIMEOUT_MS, ..Opts::default() };
-    let env = Env::start(Backend::redis(), opts).await;
-    let session = env.create(r#"{"user":"ann"}"#).await;
-    env.redis().unwrap().pause();
-    let hits = env.hits();
-    let answer = env.call(Some(&session.pair), &[]).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(answer.headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
-    assert_eq!(env.hits(), hits);
-    env.redis().unwrap().resume();
-    env.wait_until_serving().await;
-    assert_eq!(env.call(Some(&session.pair), &[]).await.session(), Some(r#"{"user":"ann"}"#));
-}
-
 /// The store fails between the read and the write (the upstream stops Redis before it
 /// answers): the write is a 503 with `Retry-After: 1`, never a 2xx claiming a change that was
 /// not saved, and no cookie.
@@ -1248,37 +1185,6 @@ mod failed_write {
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
         answer.assert_no_session_cookie();
     }
-}
-
-/// `on_store_error = "pass"`: with Redis down, the request goes on without any `x-session`
-/// (not even a forged one); a request without a cookie still gets `{}`; a write still fails
-/// loudly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_store_error_pass_forwards_without_a_session() {
-    let opts = Opts { on_store_error: "pass", store_timeout_ms: FAILING_STORE_TIMEOUT_MS, ..Opts::default() };
-    let env = Env::start(Backend::redis(), opts).await;
-    let session = env.create(r#"{"user":"ann"}"#).await;
-    env.with_redis(RedisServer::stop).await;
-
-    let hits = env.hits();
-    let answer = env.request("/app", Some(&session.pair), &[], &[("x-session", r#"{"admin":true}"#)]).await;
-    assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(env.hits(), hits + 1);
-    assert!(answer.protocol_headers_seen_upstream().is_empty(), "{}", answer.body);
-    answer.assert_no_session_cookie();
-
-    let answer = env.call(None, &[]).await;
-    assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(answer.session(), Some("{}"));
-
-    let answer = env.call(Some(&session.pair), &[("x-session-update", r#"{"user":"bob"}"#)]).await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-    answer.assert_no_session_cookie();
-
-    env.with_redis(RedisServer::restart).await;
-    env.wait_until_serving().await;
-    let answer = env.call(Some(&session.pair), &[]).await;
-    assert_eq!(answer.session(), Some("{}"), "Redis came back empty");
 }
 
 /// `on_store_error = "pass"` when only the read fails (here a Redis user that may not GET):

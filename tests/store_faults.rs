@@ -1,6 +1,7 @@
 //! The session store under faults, through the whole proxy: Redis killed and restarted, or cut
-//! off the network, in the middle of a load run (the ledger); Redis frozen; and concurrent
-//! updates of one session (last write wins).
+//! off the network, in the middle of a load run (the ledger, with single requests probing each
+//! case of the outage on the side); Redis frozen; and concurrent updates of one session (last
+//! write wins).
 //!
 //! What DESIGN.md promises and these tests check: a 2xx for a session change means the change
 //! is in the store ("never a 2xx that claims a change that was not saved"); a store that is down
@@ -48,24 +49,42 @@ const RUN_GUARD: Duration = Duration::from_secs(120);
 const UPSTREAM_DELAY: Duration = Duration::from_millis(2);
 /// Poll interval of the controller and of recovery loops.
 const POLL: Duration = Duration::from_millis(10);
+/// `session.max_age` in these tests.
+const MAX_AGE: i64 = 3600;
+/// How far below `MAX_AGE` a TTL may be and still count as freshly set.
+const TTL_SLACK: i64 = 300;
+/// Requests with this header are counted by the ledger upstream: whether a request reached it.
+const PROBE: &str = "x-probe";
+/// The three names of the header protocol; none may ever reach a client.
+const PROTOCOL_HEADERS: [&str; 3] = ["x-session", "x-session-update", "x-session-regenerate"];
 
 /// The upstream of these tests: it answers with the session it received in `x-seen`
 /// (`absent` when the request had none) and, when the client asked for one in `x-want-update`,
-/// puts that update in `x-session-update`.
-async fn ledger_upstream() -> Upstream {
-    upstream(|req: Request<Incoming>| async move {
-        let seen = req.headers().get("x-session").cloned();
-        let want = req.headers().get("x-want-update").cloned();
-        let mut resp = Response::builder()
-            .header("x-seen", seen.unwrap_or_else(|| http::HeaderValue::from_static("absent")));
-        if let Some(want) = want {
-            // Time between the proxy's session read and its write, so a fault lands there too.
-            tokio::time::sleep(UPSTREAM_DELAY).await;
-            resp = resp.header("x-session-update", want);
+/// puts that update in `x-session-update`. The counter is the requests it got with [`PROBE`].
+async fn ledger_upstream() -> (Upstream, Arc<AtomicUsize>) {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let counter = probes.clone();
+    let up = upstream(move |req: Request<Incoming>| {
+        if req.headers().contains_key(PROBE) {
+            counter.fetch_add(1, Ordering::SeqCst);
         }
-        resp.body(full("ok")).unwrap()
+        ledger_answer(req)
     })
-    .await
+    .await;
+    (up, probes)
+}
+
+async fn ledger_answer(req: Request<Incoming>) -> Response<TestBody> {
+    let seen = req.headers().get("x-session").cloned();
+    let want = req.headers().get("x-want-update").cloned();
+    let mut resp = Response::builder()
+        .header("x-seen", seen.unwrap_or_else(|| http::HeaderValue::from_static("absent")));
+    if let Some(want) = want {
+        // Time between the proxy's session read and its write, so a fault lands there too.
+        tokio::time::sleep(UPSTREAM_DELAY).await;
+        resp = resp.header("x-session-update", want);
+    }
+    resp.body(full("ok")).unwrap()
 }
 
 fn proxy_toml(redis: &str, on_store_error: &str, up: &Upstream) -> String {
@@ -80,6 +99,7 @@ timeout_ms = {STORE_TIMEOUT_MS}
 
 [session]
 secrets = ["test-secret"]
+max_age = {MAX_AGE}
 on_store_error = "{on_store_error}"
 
 [[route]]
@@ -295,10 +315,14 @@ async fn ledger_under_load(on_store_error: &str, fault: Fault) {
         Fault::Kill => redis.url(),
         Fault::Cut => relay.url(),
     };
-    let up = ledger_upstream().await;
+    let (up, probes) = ledger_upstream().await;
     let proxy = start_proxy(&proxy_toml(&store_url, on_store_error, &up)).await;
     let run = Arc::new(Run::default());
     let deadline = Instant::now() + RUN_GUARD;
+    // Two sessions of the probes: one is only ever read, the other is also sent an update
+    // while Redis is down (which may still land: see the module doc).
+    let read_probe = new_session(&proxy, PROBED_SESSION).await;
+    let write_probe = new_session(&proxy, PROBED_SESSION).await;
 
     let clients: Vec<_> =
         (0..CLIENTS as u64).map(|i| tokio::spawn(load_client(i, proxy.url(""), run.clone(), pass))).collect();
@@ -318,6 +342,7 @@ async fn ledger_under_load(on_store_error: &str, fault: Fault) {
     // Routes without sessions do not need the store.
     let (status, _, body) = guarded("a non-session request", get(&proxy.url("/static/x"))).await;
     assert_eq!(status, StatusCode::OK, "non-session route while Redis is down: {body}");
+    probe_while_down(&proxy, pass, &read_probe, &write_probe, &probes).await;
 
     // Enough of them, reads (which `pass` forwards) among them.
     wait_for("requests while Redis is down", deadline, || {
@@ -382,6 +407,20 @@ async fn ledger_under_load(on_store_error: &str, fault: Fault) {
         assert!(passed_without_session > 0, "pass: no read-only request was forwarded without a session");
     }
 
+    // The probed session that was only read: gone with a killed Redis (it restarts empty, so
+    // the id is a new visitor's), kept through a network cut.
+    let (status, headers) = session_request(&client(), &proxy.url("/app"), Some(&read_probe), None).await;
+    let expected = match fault {
+        Fault::Kill => "{}",
+        Fault::Cut => PROBED_SESSION,
+    };
+    assert_eq!((status, seen(&headers)), (StatusCode::OK, expected), "the probed session after the outage");
+    // A session created now is stored with `max_age` as its TTL.
+    let fresh = new_session(&proxy, r#"{"user":"carol"}"#).await;
+    let key = format!("_session:{}", session_id(&fresh).unwrap());
+    let ttl: i64 = redis.cli(&["TTL", &key]).parse().unwrap();
+    assert!((MAX_AGE - TTL_SLACK..=MAX_AGE).contains(&ttl), "TTL {ttl}, expected about {MAX_AGE}");
+
     // Still serving, nothing panicked anywhere in the process, and a clean drain.
     let (status, _, _) = guarded("a request after the run", get(&proxy.url("/app"))).await;
     assert_eq!(status, StatusCode::OK);
@@ -420,7 +459,21 @@ async fn session_request(
     cookie: Option<&str>,
     update: Option<&str>,
 ) -> (StatusCode, http::HeaderMap) {
+    request_with(http, url, cookie, update, &[]).await
+}
+
+/// As [`session_request`], with `extra` request headers.
+async fn request_with(
+    http: &HttpClient,
+    url: &str,
+    cookie: Option<&str>,
+    update: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap) {
     let mut req = Request::get(url);
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
     if let Some(cookie) = cookie {
         req = req.header("cookie", cookie);
     }
@@ -437,24 +490,106 @@ fn seen(headers: &http::HeaderMap) -> &str {
     headers.get("x-seen").and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
+/// The session the outage probes start from.
+const PROBED_SESSION: &str = r#"{"user":"ann"}"#;
+
+/// A new session holding `value`: its `__session=...` pair.
+async fn new_session(proxy: &TestProxy, value: &str) -> String {
+    let (status, headers) = session_request(&client(), &proxy.url("/app"), None, Some(value)).await;
+    assert_eq!(status, StatusCode::OK);
+    session_cookie_pair(&headers).expect("a new session sets a cookie")
+}
+
+/// The store's 503: `Retry-After: 1`, no cookie.
+fn assert_store_unavailable(what: &str, status: StatusCode, headers: &http::HeaderMap) {
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
+    assert_eq!(headers.get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]), "{what}");
+    assert!(session_cookie_pair(headers).is_none(), "{what}: a cookie");
+}
+
+/// One request at a time while Redis is down, where the load clients cannot tell which of
+/// their requests reached the upstream: a read of a live session is 503 without calling the
+/// upstream (`fail`) or is forwarded without any `x-session`, not even a forged one (`pass`);
+/// an update of it, and a new visitor's, cannot be saved: 503; requests that need no store
+/// read (no cookie, a bad cookie, a route without sessions) are served. No answer carries a
+/// cookie or a protocol header.
+async fn probe_while_down(
+    proxy: &TestProxy,
+    pass: bool,
+    read_probe: &str,
+    write_probe: &str,
+    probes: &AtomicUsize,
+) {
+    let http = client();
+    let url = proxy.url("/app");
+    let probe = (PROBE, "1");
+    let check_headers = |what: &str, headers: &http::HeaderMap| {
+        for name in PROTOCOL_HEADERS {
+            assert!(!headers.contains_key(name), "{what}: {name} reached the client");
+        }
+    };
+
+    let before = probes.load(Ordering::SeqCst);
+    let forged = ("x-session", r#"{"admin":true}"#);
+    let (status, headers) = request_with(&http, &url, Some(read_probe), None, &[probe, forged]).await;
+    check_headers("a read", &headers);
+    if pass {
+        assert_eq!(
+            (status, seen(&headers)),
+            (StatusCode::OK, "absent"),
+            "pass: a read goes on without a session"
+        );
+        assert!(session_cookie_pair(&headers).is_none());
+        assert_eq!(probes.load(Ordering::SeqCst), before + 1);
+    } else {
+        assert_store_unavailable("fail: a read", status, &headers);
+        assert_eq!(probes.load(Ordering::SeqCst), before, "the upstream must not be called");
+    }
+
+    let before = probes.load(Ordering::SeqCst);
+    let update = Some(r#"{"user":"bob"}"#);
+    let (status, headers) = request_with(&http, &url, Some(write_probe), update, &[probe]).await;
+    check_headers("an update", &headers);
+    assert_store_unavailable("an update", status, &headers);
+    if !pass {
+        assert_eq!(probes.load(Ordering::SeqCst), before, "the upstream must not be called");
+    }
+    let (status, headers) = request_with(&http, &url, None, update, &[probe]).await;
+    check_headers("a new visitor's update", &headers);
+    assert_store_unavailable("a new visitor's update", status, &headers);
+
+    for cookie in [None, Some("__session=garbage")] {
+        let (status, headers) = request_with(&http, &url, cookie, None, &[probe]).await;
+        check_headers("no store read", &headers);
+        assert_eq!((status, seen(&headers)), (StatusCode::OK, "{}"), "cookie {cookie:?}");
+    }
+    let (status, headers) =
+        request_with(&http, &proxy.url("/static/x"), Some(read_probe), None, &[probe]).await;
+    check_headers("a route without sessions", &headers);
+    assert_eq!(status, StatusCode::OK);
+}
+
 /// Redis frozen with SIGSTOP: it accepts nothing and answers nothing, connections stay open.
-/// Session requests end at the store timeout with 503 (never a hang), routes without sessions
-/// are served meanwhile, and sessions work again once Redis resumes.
+/// Session requests end at the store timeout with 503 (never a hang) without calling the
+/// upstream, routes without sessions are served meanwhile, and sessions work again once Redis
+/// resumes, with what they held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_gives_503_and_the_proxy_stays_responsive() {
     count_panics();
     let redis = RedisServer::start();
-    let up = ledger_upstream().await;
+    let (up, probes) = ledger_upstream().await;
     let proxy = start_proxy(&proxy_toml(&redis.url(), "fail", &up)).await;
     let http = client();
     let url = proxy.url("/app");
 
-    // A live session, and the store proven up, before the freeze.
+    // A live session, and the store proven up, before the freeze; and one that is not even
+    // read while Redis is frozen.
     let (status, headers) = session_request(&http, &url, None, Some(r#"{"v":1}"#)).await;
     assert_eq!(status, StatusCode::OK);
     let cookie = session_cookie_pair(&headers).expect("a new session sets a cookie");
     let (status, headers) = session_request(&http, &url, Some(&cookie), None).await;
     assert_eq!((status, seen(&headers)), (StatusCode::OK, r#"{"v":1}"#));
+    let untouched = new_session(&proxy, PROBED_SESSION).await;
 
     redis.pause();
     let mut frozen = Vec::new();
@@ -463,7 +598,7 @@ async fn a_frozen_redis_gives_503_and_the_proxy_stays_responsive() {
         frozen.push(tokio::spawn(async move {
             // Half of them also try to write.
             let update = (i % 2 == 0).then_some(r#"{"v":2}"#);
-            session_request(&http, &url, Some(&cookie), update).await
+            request_with(&http, &url, Some(&cookie), update, &[(PROBE, "1")]).await
         }));
     }
     // While those wait on the frozen store, other routes are served.
@@ -480,6 +615,7 @@ async fn a_frozen_redis_gives_503_and_the_proxy_stays_responsive() {
         assert_eq!(headers["retry-after"], "1");
         assert!(session_cookie_pair(&headers).is_none());
     }
+    assert_eq!(probes.load(Ordering::SeqCst), 0, "a request answered 503 reached the upstream");
 
     redis.resume();
     // Recovery without a restart of the proxy. The writes answered 503 were already on the
@@ -499,6 +635,8 @@ async fn a_frozen_redis_gives_503_and_the_proxy_stays_responsive() {
     assert_eq!(status, StatusCode::OK);
     let id = session_id(&cookie).unwrap();
     assert_eq!(redis.cli(&["GET", &format!("_session:{id}")]), r#"{"v":3}"#);
+    let (status, headers) = session_request(&http, &url, Some(&untouched), None).await;
+    assert_eq!((status, seen(&headers)), (StatusCode::OK, PROBED_SESSION), "a session lost to the freeze");
     assert_eq!(panics(), 0);
 }
 

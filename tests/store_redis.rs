@@ -136,8 +136,12 @@ async fn rename_with_moves_the_session() {
     assert!((61..=300).contains(&remaining), "TTL {remaining}");
 }
 
+/// Redis down when the store starts, and stopped again once it serves: every call fails
+/// while Redis is away, and the same store serves again once it is back, without being
+/// rebuilt. Nothing written while it was down shows up later; a restarted (unpersisted) Redis
+/// has lost what it held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn starts_while_redis_is_down_and_serves_once_it_is_up() {
+async fn serves_whenever_redis_is_up_without_being_rebuilt() {
     let mut redis = RedisServer::start();
     redis.stop();
 
@@ -157,16 +161,9 @@ async fn starts_while_redis_is_down_and_serves_once_it_is_up() {
     assert_eq!(redis.cli(&["GET", "k"]), "{\"up\":true}");
     // Nothing written while Redis was down shows up later.
     assert_eq!(redis.cli(&["EXISTS", "b"]), "0");
-    guarded("shutdown", store.shutdown()).await;
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovers_after_a_restart_without_being_rebuilt() {
-    let mut redis = RedisServer::start();
-    let store = connect(&store_config(redis.url(), None)).await;
-    wait_until_serving(&store).await;
+    // Stopped again, now that the store has been serving.
     guarded("set", store.set("before", "{}", 60)).await.unwrap();
-
     redis.stop();
     let read = guarded("get", store.get("before", None)).await;
     assert!(read.is_err(), "a read with Redis stopped must fail");
@@ -177,10 +174,14 @@ async fn recovers_after_a_restart_without_being_rebuilt() {
     assert_eq!(guarded("get", store.get("before", None)).await.unwrap(), None);
     guarded("set", store.set("after", "{\"x\":2}", 60)).await.unwrap();
     assert_eq!(redis.cli(&["GET", "after"]), "{\"x\":2}");
+    guarded("shutdown", store.shutdown()).await;
 }
 
+/// A stalled server, frozen (SIGSTOP: connections open, nothing answers) or busy (`DEBUG
+/// SLEEP` from another connection): calls end at the store timeout as [`StoreError::Timeout`],
+/// never hang, and the store serves again once the server does, with its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_server_times_out_and_recovers_when_resumed() {
+async fn a_stalled_server_times_out_and_the_store_recovers() {
     let redis = RedisServer::start();
     let store = connect(&store_config(redis.url(), None)).await;
     wait_until_serving(&store).await;
@@ -197,13 +198,6 @@ async fn a_frozen_server_times_out_and_recovers_when_resumed() {
     wait_until_serving(&store).await;
     let read = guarded("get", store.get("k", None)).await.unwrap();
     assert_eq!(read.as_deref(), Some(&b"{}"[..]));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_sleep_times_out_and_the_store_recovers() {
-    let redis = RedisServer::start();
-    let store = connect(&store_config(redis.url(), None)).await;
-    wait_until_serving(&store).await;
 
     // Stall the server from another connection for a few store timeouts.
     let sleeper = {

@@ -191,6 +191,9 @@ async fn failing_upstreams_get_502_or_504_and_others_are_served() {
     assert!(more.is_err(), "the stalled body produced {more:?}");
     drop(body);
 
+    // Still the same answers after all that.
+    let (status, _, _) = guarded("refused again", get(&proxy.url("/refused"))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "refused, afterwards");
     background.finish(0).await;
     assert_eq!(panics(), 0);
     guarded("proxy shutdown", proxy.shutdown()).await;
