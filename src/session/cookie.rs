@@ -398,7 +398,6 @@ fn decode_uri_component(raw: &[u8]) -> Option<String> {
 /// Appends `JSON.stringify(s)`: quotes, `\"` and `\\`, `\b \f \n \r \t`, other control
 /// characters as `\u00xx` (lowercase), everything else raw.
 fn push_json_string(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {
         match c {
@@ -410,10 +409,8 @@ fn push_json_string(out: &mut String, s: &str) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\0'..='\u{1f}' => {
-                let b = c as u8;
                 out.push_str("\\u00");
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0xf)]));
+                out.push_str(const_hex::Buffer::<1>::new().format(&[c as u8]));
             }
             _ => out.push(c),
         }
