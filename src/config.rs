@@ -728,7 +728,7 @@ fn store_url(url: &str) -> Result<StoreUrl, &'static str> {
         return Err(SCHEMES);
     }
     let uri: Uri = url.parse().map_err(|_| "is not a valid redis:// or rediss:// URL")?;
-    if uri.host().map_or(true, str::is_empty) {
+    if uri.host().is_none_or(str::is_empty) {
         return Err("has no host");
     }
     Ok(StoreUrl::Redis(url.to_owned()))
