@@ -175,7 +175,7 @@ struct Pooled {
 
 impl Pooled {
     fn release_if_done(&mut self) {
-        if self.body.as_ref().map_or(true, Body::is_end_stream) {
+        if self.body.as_ref().is_none_or(Body::is_end_stream) {
             if let Some(sender) = self.sender.take() {
                 POOL.with(|p| p.borrow_mut().push(sender));
             }
@@ -202,7 +202,7 @@ impl Body for Pooled {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.as_ref().map_or(true, Body::is_end_stream)
+        self.body.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -350,19 +350,12 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
-/// Turns a toml error into a one-line [`ConfigError::Toml`]. toml's own `Display` would quote
-/// the offending source line, which may be the line holding a secret, so only the line and
-/// column are given; the key path is taken from the `in `...`` line toml appends when it has
-/// no source text to show.
-fn toml_error(mut error: toml::de::Error, text: &str) -> ConfigError {
+/// Turns a toml error into a one-line [`ConfigError::Toml`]: `key` (the path
+/// `serde_path_to_error` tracked while deserializing; none for a syntax error) and the line and
+/// column. toml's own `Display` would quote the offending source line, which may be the line
+/// holding a secret, so only its message is kept.
+fn toml_error(error: toml::de::Error, text: &str, key: Option<String>) -> ConfigError {
     let location = error.span().map(|span| line_column(text, span.start));
-    error.set_input(None);
-    let rendered = error.to_string();
-    let key = rendered
-        .lines()
-        .last()
-        .and_then(|line| line.strip_prefix("in `")?.strip_suffix('`'))
-        .map(str::to_owned);
     let at = match (key, location) {
         (Some(key), Some((line, column))) => format!("{key} (line {line}, column {column})"),
         (Some(key), None) => key,
@@ -405,10 +398,14 @@ pub fn from_toml_str_with_env(
     text: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
-    let mut document = DeTable::parse(text).map_err(|e| toml_error(e, text))?;
+    let mut document = DeTable::parse(text).map_err(|e| toml_error(e, text, None))?;
     expand_table(document.get_mut(), "", &env)?;
-    let shape =
-        FileShape::deserialize(toml::de::Deserializer::from(document)).map_err(|e| toml_error(e, text))?;
+    let shape: FileShape =
+        serde_path_to_error::deserialize(toml::de::Deserializer::from(document)).map_err(|e| {
+            // An empty path (an error about the file as a whole) would print as ".".
+            let key = (e.path().iter().len() > 0).then(|| e.path().to_string());
+            toml_error(e.into_inner(), text, key)
+        })?;
     Config::try_from(shape)
 }
 
@@ -731,7 +728,7 @@ fn store_url(url: &str) -> Result<StoreUrl, &'static str> {
         return Err(SCHEMES);
     }
     let uri: Uri = url.parse().map_err(|_| "is not a valid redis:// or rediss:// URL")?;
-    if uri.host().map_or(true, str::is_empty) {
+    if uri.host().is_none_or(str::is_empty) {
         return Err("has no host");
     }
     Ok(StoreUrl::Redis(url.to_owned()))
@@ -1268,6 +1265,15 @@ host = "App.Example.com:443"
     #[test]
     fn secrets_as_a_string_does_not_echo_it() {
         let message = assert_error_names(&replacing("secrets", "secrets = \"hunter2\""), "session.secrets");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn type_errors_inside_arrays_name_the_index() {
+        let text = format!("{MINIMAL}\n[[route]]\nprefix = \"/x\"\nsession = \"yes\"\n");
+        assert_error_names(&text, "route[1].session (line 16,");
+        let text = replacing("secrets", "secrets = [\"ok\", [\"hunter2\"]]");
+        let message = assert_error_names(&text, "session.secrets[1] (line 8,");
         assert!(!message.contains("hunter2"), "{message}");
     }
 

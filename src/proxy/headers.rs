@@ -174,11 +174,9 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
 
 fn new_request_id() -> HeaderValue {
     let n: u128 = rand::random();
-    let mut buf = [0u8; 32];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-    }
+    let mut hex = const_hex::Buffer::<16>::new();
+    hex.format(&n.to_be_bytes());
+    let buf: [u8; 32] = *hex.as_byte_array();
     // One allocation that its clones (the upstream's and the client's copies) share; from a
     // slice, the first clone would allocate again. 32 hex digits are always a valid value.
     HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).unwrap_or(HeaderValue::from_static("0"))

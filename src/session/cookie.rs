@@ -11,10 +11,11 @@
 //! decodes, JSON, the id rules) is a tenth of a session request's CPU, so each thread remembers
 //! the values it verified lately ([`RecentlyVerified`]).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD, STANDARD_NO_PAD};
@@ -259,12 +260,7 @@ impl CookieCodec {
         if let Some(known) = RecentlyVerified::lookup(self.generation, raw) {
             return Some(known);
         }
-        let verified = if raw.contains(&b'%') {
-            let decoded = decode_uri_component(raw)?;
-            self.verify(&decoded)
-        } else {
-            self.verify(std::str::from_utf8(raw).ok()?)
-        }?;
+        let verified = self.verify(&decode_uri_component(raw)?)?;
         RecentlyVerified::remember(self.generation, raw, &verified);
         Some(verified)
     }
@@ -369,36 +365,22 @@ fn trim(mut s: &[u8]) -> &[u8] {
 }
 
 /// JavaScript's `decodeURIComponent`: every `%XX` decoded, and the result must be UTF-8. A
-/// malformed escape or invalid UTF-8 gives `None` (JS throws a `URIError`).
-fn decode_uri_component(raw: &[u8]) -> Option<String> {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
+/// malformed escape or invalid UTF-8 gives `None` (JS throws a `URIError`); `percent_decode`
+/// alone would pass a malformed `%` through, so the escapes are checked first. Borrows `raw`
+/// when there is nothing to decode.
+fn decode_uri_component(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let escapes_well_formed = raw.iter().enumerate().filter(|&(_, &b)| b == b'%').all(|(i, _)| {
+        matches!(raw.get(i + 1..i + 3), Some([high, low]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit())
+    });
+    if !escapes_well_formed {
+        return None;
     }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        if b == b'%' {
-            let high = hex(*raw.get(i + 1)?)?;
-            let low = hex(*raw.get(i + 2)?)?;
-            out.push(high << 4 | low);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode(raw).decode_utf8().ok()
 }
 
 /// Appends `JSON.stringify(s)`: quotes, `\"` and `\\`, `\b \f \n \r \t`, other control
 /// characters as `\u00xx` (lowercase), everything else raw.
 fn push_json_string(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {
         match c {
@@ -410,10 +392,8 @@ fn push_json_string(out: &mut String, s: &str) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\0'..='\u{1f}' => {
-                let b = c as u8;
                 out.push_str("\\u00");
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0xf)]));
+                out.push_str(const_hex::Buffer::<1>::new().format(&[c as u8]));
             }
             _ => out.push(c),
         }
@@ -422,33 +402,13 @@ fn push_json_string(out: &mut String, s: &str) {
 }
 
 /// Appends the IMF-fixdate (RFC 9110 §5.6.7) for a Unix time, e.g.
-/// `Sun, 06 Nov 1994 08:49:37 GMT`, clamped to [`MAX_EXPIRES_UNIX_SECS`].
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, clamped to [`MAX_EXPIRES_UNIX_SECS`] (`httpdate` panics
+/// beyond it).
 fn push_imf_fixdate(out: &mut String, unix_secs: u64) {
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let secs = unix_secs.min(MAX_EXPIRES_UNIX_SECS);
-    let days = secs / 86_400;
-    let time = secs % 86_400;
-
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), unsigned because
-    // `days` is never negative here.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-
-    let weekday = WEEKDAYS[usize::try_from(days % 7).unwrap_or(0)];
-    let month_name = MONTHS[usize::try_from(month - 1).unwrap_or(0)];
-    let (hour, minute, second) = (time / 3600, time / 60 % 60, time % 60);
+    let time = UNIX_EPOCH + Duration::from_secs(unix_secs.min(MAX_EXPIRES_UNIX_SECS));
     use std::fmt::Write as _;
     // Writing to a String cannot fail.
-    let _ = write!(out, "{weekday}, {day:02} {month_name} {year:04} {hour:02}:{minute:02}:{second:02} GMT");
+    let _ = write!(out, "{}", httpdate::HttpDate::from(time));
 }
 
 #[cfg(test)]
@@ -849,6 +809,10 @@ mod tests {
         assert_eq!(decode_uri_component(b"%C3"), None);
         assert_eq!(decode_uri_component(b"%G0"), None);
         assert_eq!(decode_uri_component(b"ab%"), None);
+        assert_eq!(decode_uri_component(b"%%41"), None);
+        assert_eq!(decode_uri_component(b"%4"), None);
+        assert_eq!(decode_uri_component(b"%FF"), None);
+        assert!(matches!(decode_uri_component(b"abc"), Some(Cow::Borrowed("abc"))));
     }
 
     #[test]

@@ -13,15 +13,9 @@ pub const MAX_ID_BYTES: usize = 256;
 /// A fresh session id: [`ID_BYTES`] bytes from `rand::rng()` (ChaCha12 seeded from the OS, a
 /// CSPRNG) as lowercase hex.
 pub fn new_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; ID_BYTES];
     rand::fill(&mut bytes[..]);
-    let mut id = String::with_capacity(ID_BYTES * 2);
-    for b in bytes {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    id
+    const_hex::encode(bytes)
 }
 
 /// Whether an id taken from a validly signed cookie may be used as a store key: 1 to

@@ -198,11 +198,8 @@ fn rewrite(text: &str) -> Result<HeaderValue, NotAnObject> {
 
 /// Appends `\uXXXX` with lowercase hex, as JavaScript writes its own escapes.
 fn push_u_escape(out: &mut Vec<u8>, unit: u16) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.extend_from_slice(b"\\u");
-    for shift in [12, 8, 4, 0] {
-        out.push(HEX[usize::from((unit >> shift) & 0xf)]);
-    }
+    out.extend_from_slice(const_hex::Buffer::<2>::new().format(&unit.to_be_bytes()).as_bytes());
 }
 
 /// What the upstream asked for in `x-session-update`.
