@@ -2,12 +2,15 @@
 //! preface for prior knowledge on plain TCP), HTTP/2 with hyper, HTTP/1.1 through `parking`,
 //! and graceful shutdown. Every request goes to the worker's [`Proxy`].
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,8 +20,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::limits::Limits;
-use super::parking::{self, shutting_down, Http1, Rewind, Socket};
-use crate::proxy::{headers, ConnInfo, Proxy};
+use super::parking::{self, shutting_down, Handler, Http1, Rewind, Socket};
+use crate::proxy::{headers, ConnInfo, Proxy, ProxyBody};
 
 /// The HTTP/2 connection preface a client with prior knowledge opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -157,16 +160,25 @@ impl Connection {
     /// HTTP/1.1, parked whenever it is idle. `head_deadline`: when the first request's head
     /// must be in.
     async fn serve_http1<S: Socket>(mut self, socket: S, unread: Bytes, head_deadline: Instant) {
-        let proxy = self.serving.proxy.clone();
-        let info = self.info();
-        let handler = move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            async move { proxy.handle(req, &info).await }
-        };
+        let handler = ProxyHandler { proxy: self.serving.proxy.clone(), info: self.info() };
         let serving = &self.serving;
         parking::serve(&serving.http1, socket, unread, head_deadline, handler, &mut self.shutdown, self.peer)
             .await
+    }
+}
+
+/// The proxy as a parked connection's handler.
+#[derive(Clone)]
+struct ProxyHandler {
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+}
+
+impl Handler for ProxyHandler {
+    type Body = ProxyBody;
+
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
+        self.proxy.handle(req, &self.info)
     }
 }
 

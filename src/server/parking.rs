@@ -119,11 +119,20 @@ impl Http1 {
     }
 }
 
+/// What serves the requests of a parked connection.
+pub(super) trait Handler: Clone + Send + Sync + Unpin + 'static {
+    type Body: Body<Data = Bytes> + Send + 'static;
+
+    /// The response to one request. Called in the boxed request future, so that the future it
+    /// returns is made in place there rather than moved in.
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Self::Body>> + Send + '_;
+}
+
 /// Serves one HTTP/1 connection until it closes, is upgraded, fails, or the server shuts down,
 /// parking it whenever it is idle (see the module docs). Each request goes to `handler`.
 /// `unread` holds bytes already read off `socket`; the first request's head is due by
 /// `head_deadline`.
-pub(super) async fn serve<S, H, F, B>(
+pub(super) async fn serve<S, H>(
     http1: &Http1,
     mut socket: S,
     mut unread: Bytes,
@@ -133,10 +142,8 @@ pub(super) async fn serve<S, H, F, B>(
     peer: SocketAddr,
 ) where
     S: Socket,
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Unpin + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    H: Handler,
+    <H::Body as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let state = Arc::new(ConnState::new());
     loop {
@@ -273,7 +280,7 @@ struct Segment<'a> {
 }
 
 impl Segment<'_> {
-    async fn run<S, H, F, B>(
+    async fn run<S, H>(
         self,
         socket: S,
         unread: Bytes,
@@ -282,10 +289,8 @@ impl Segment<'_> {
     ) -> Ended<S>
     where
         S: Socket,
-        H: Fn(Request<Incoming>) -> F + Clone + Send + Unpin + 'static,
-        F: Future<Output = Response<B>> + Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        H: Handler,
+        <H::Body as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Segment { http1, state, peer, head_deadline } = self;
         let service = {
@@ -303,7 +308,7 @@ impl Segment<'_> {
                 // Boxed: hyper keeps the slot for a connection's request future for the
                 // connection's whole life, and the handler's future is several KiB.
                 crate::boxed::pin_in_place(|| async move {
-                    let resp = handler(req).await;
+                    let resp = handler.handle(req).await;
                     Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _guard: guard }))
                 })
             })
