@@ -64,6 +64,8 @@ pub const DEFAULT_HEADER: &str = "x-session";
 pub const DEFAULT_UPDATE_HEADER: &str = "x-session-update";
 /// `session.regenerate_header`: response header asking for a fresh id.
 pub const DEFAULT_REGENERATE_HEADER: &str = "x-session-regenerate";
+/// `session.patch_header`: response header carrying a JSON merge patch, applied atomically.
+pub const DEFAULT_PATCH_HEADER: &str = "x-session-patch";
 /// `session.max_bytes`: largest update header value accepted from the upstream.
 pub const DEFAULT_MAX_BYTES: usize = 16_384;
 /// `session.on_store_error`.
@@ -87,7 +89,7 @@ pub const MAX_POOL_SIZE: usize = 64;
 /// so it has to stay small; hyper's own header size limits may already be lower.
 pub const MAX_SESSION_BYTES: usize = 1_048_576;
 
-/// Header names that `session.header`, `update_header` and `regenerate_header` may not take
+/// Header names that `session.header`, `update_header`, `regenerate_header` and `patch_header` may not take
 /// (compared after lowercasing and `_` → `-`): the proxy strips the session headers from every
 /// client request and response, so one of these would break cookies, routing, framing or the
 /// request id.
@@ -200,6 +202,8 @@ pub struct SessionConfig {
     pub update_header: HeaderName,
     /// Response header asking for a fresh id (lowercase).
     pub regenerate_header: HeaderName,
+    /// Response header: an RFC 7386 merge patch for the session as it is in the store.
+    pub patch_header: HeaderName,
     /// Largest update header value accepted, in bytes as received.
     pub max_bytes: usize,
     pub on_store_error: OnStoreError,
@@ -284,6 +288,7 @@ impl fmt::Debug for SessionConfig {
             .field("header", &self.header)
             .field("update_header", &self.update_header)
             .field("regenerate_header", &self.regenerate_header)
+            .field("patch_header", &self.patch_header)
             .field("max_bytes", &self.max_bytes)
             .field("on_store_error", &self.on_store_error)
             .finish()
@@ -571,6 +576,7 @@ struct SessionShape {
     header: Option<String>,
     update_header: Option<String>,
     regenerate_header: Option<String>,
+    patch_header: Option<String>,
     max_bytes: Option<u64>,
     on_store_error: Option<String>,
 }
@@ -763,10 +769,11 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
     if max_age == 0 {
         return Err(invalid("session.max_age", "must be > 0 seconds"));
     }
-    let [header, update_header, regenerate_header] = session_headers(
+    let [header, update_header, regenerate_header, patch_header] = session_headers(
         shape.header.as_deref().unwrap_or(DEFAULT_HEADER),
         shape.update_header.as_deref().unwrap_or(DEFAULT_UPDATE_HEADER),
         shape.regenerate_header.as_deref().unwrap_or(DEFAULT_REGENERATE_HEADER),
+        shape.patch_header.as_deref().unwrap_or(DEFAULT_PATCH_HEADER),
     )?;
     Ok(SessionConfig {
         cookie_name: cookie_name(shape.cookie_name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_owned()))?,
@@ -782,6 +789,7 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
         header,
         update_header,
         regenerate_header,
+        patch_header,
         max_bytes,
         on_store_error: match shape.on_store_error {
             Some(text) => on_store_error(&text)?,
@@ -862,14 +870,20 @@ fn on_store_error(text: &str) -> Result<OnStoreError, ConfigError> {
     }
 }
 
-/// The three protocol header names, lowercased and checked to be distinct (and not reserved)
+/// The four protocol header names, lowercased and checked to be distinct (and not reserved)
 /// after normalisation: the proxy strips client headers by the normalised name, so two names
 /// that normalise alike would make one strip the other.
-fn session_headers(header: &str, update: &str, regenerate: &str) -> Result<[HeaderName; 3], ConfigError> {
+fn session_headers(
+    header: &str,
+    update: &str,
+    regenerate: &str,
+    patch: &str,
+) -> Result<[HeaderName; 4], ConfigError> {
     let named = [
         ("session.header", header),
         ("session.update_header", update),
         ("session.regenerate_header", regenerate),
+        ("session.patch_header", patch),
     ];
     for (i, (key, name)) in named.iter().enumerate() {
         let normalised = normalise_header_name(name);
@@ -889,6 +903,7 @@ fn session_headers(header: &str, update: &str, regenerate: &str) -> Result<[Head
         header_name(header, named[0].0)?,
         header_name(update, named[1].0)?,
         header_name(regenerate, named[2].0)?,
+        header_name(patch, named[3].0)?,
     ])
 }
 
@@ -1077,6 +1092,7 @@ rolling = false                    # refresh TTL and cookie Max-Age on every req
 header = "x-session"               # request header: the session, to the upstream
 update_header = "x-session-update" # response header: the new session, from the upstream
 regenerate_header = "x-session-regenerate" # response header: move the session to a fresh id
+patch_header = "x-session-patch"   # response header: a JSON merge patch applied atomically
 max_bytes = 16384                  # largest session accepted from the upstream (JSON bytes)
 on_store_error = "fail"            # "fail": 503; "pass": forward without a session
 
@@ -1148,6 +1164,7 @@ session = true                     # default true
         assert_eq!(session.header, "x-session");
         assert_eq!(session.update_header, "x-session-update");
         assert_eq!(session.regenerate_header, "x-session-regenerate");
+        assert_eq!(session.patch_header, "x-session-patch");
         assert_eq!(session.max_bytes, 16_384);
         assert_eq!(session.on_store_error, OnStoreError::Fail);
         let route = &config.routes[0];
@@ -1188,6 +1205,7 @@ rolling = true
 header = "X-App-Session"
 update_header = "x-app-update"
 regenerate_header = "x-app-regen"
+patch_header = "X_App_Patch"
 max_bytes = 4096
 on_store_error = "pass"
 
@@ -1220,6 +1238,7 @@ host = "App.Example.com:443"
         assert!(session.save_uninitialized);
         assert!(session.rolling);
         assert_eq!(session.header, "x-app-session");
+        assert_eq!(session.patch_header, "x_app_patch");
         assert_eq!(session.max_bytes, 4096);
         assert_eq!(session.on_store_error, OnStoreError::Pass);
         let route = &config.routes[0];
@@ -1560,6 +1579,8 @@ host = "App.Example.com:443"
         assert!(message.contains("session.header"), "{message}");
         let text = with("session", "regenerate_header = \"x-session-update\"");
         assert_error_names(&text, "session.regenerate_header");
+        let text = with("session", "patch_header = \"X-Session-Regenerate\"");
+        assert_error_names(&text, "session.patch_header");
     }
 
     #[test]
@@ -1724,6 +1745,7 @@ mod proptests {
         ("session", "header"),
         ("session", "update_header"),
         ("session", "regenerate_header"),
+        ("session", "patch_header"),
         ("session", "max_bytes"),
         ("session", "on_store_error"),
         ("route", "prefix"),
@@ -1855,7 +1877,7 @@ mod proptests {
         prop_assert!(s.max_bytes <= MAX_SESSION_BYTES);
         prop_assert!(s.path.starts_with('/'));
         prop_assert!(s.same_site != SameSite::None || s.secure, "same_site none without secure");
-        let headers = [&s.header, &s.update_header, &s.regenerate_header];
+        let headers = [&s.header, &s.update_header, &s.regenerate_header, &s.patch_header];
         for (i, a) in headers.iter().enumerate() {
             prop_assert!(!RESERVED_HEADER_NAMES.contains(&normalise_header_name(a.as_str()).as_str()));
             for b in &headers[i + 1..] {

@@ -55,6 +55,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
 }
@@ -73,6 +78,8 @@ pub struct Metrics {
     store_duration: HistogramFamily<CommandLabels>,
     store_errors: Family<KindLabels, Counter>,
     sessions: Family<EventLabels, Counter>,
+    conflicts: Family<OutcomeLabels, Counter>,
+    writes_skipped: Counter,
     cookies_rejected: Counter,
     forged_headers: Counter,
     open_connections: Gauge,
@@ -128,6 +135,18 @@ impl Metrics {
             "Sessions created, updated, destroyed and regenerated",
             sessions.clone(),
         );
+        let conflicts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "session_conflicts",
+            "Session writes that met a concurrent change, by outcome (merged, interrupted: 409, exhausted: 503)",
+            conflicts.clone(),
+        );
+        let writes_skipped = Counter::default();
+        registry.register(
+            "session_writes_skipped",
+            "Session updates and patches that changed nothing, so wrote nothing",
+            writes_skipped.clone(),
+        );
         let cookies_rejected = Counter::default();
         registry.register(
             "cookies_rejected",
@@ -163,6 +182,8 @@ impl Metrics {
             store_duration,
             store_errors,
             sessions,
+            conflicts,
+            writes_skipped,
             cookies_rejected,
             forged_headers,
             open_connections,
@@ -207,6 +228,17 @@ impl Metrics {
     /// Called when a session layer is built, not per request.
     pub(crate) fn session_event(&self, event: &'static str) -> Counter {
         self.sessions.get_or_create_owned(&EventLabels { event })
+    }
+
+    /// The counter of session writes that met a concurrent change and ended as `outcome`,
+    /// exposed at 0 from this call on.
+    pub(crate) fn session_conflict(&self, outcome: &'static str) -> Counter {
+        self.conflicts.get_or_create_owned(&OutcomeLabels { outcome })
+    }
+
+    /// The counter of updates and patches that wrote nothing because they changed nothing.
+    pub(crate) fn session_writes_skipped(&self) -> Counter {
+        self.writes_skipped.clone()
     }
 
     /// The round-trip histogram of one store command (`get`, `set`, ...). Called when a

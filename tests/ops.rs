@@ -295,9 +295,18 @@ async fn metrics_move_as_requests_go_through() {
         ("session_proxy_forged_headers_removed_total", 3.0),
         // reads with a valid cookie: read, touch, regenerate, logout
         (r#"session_proxy_store_command_duration_seconds_count{command="get"}"#, 4.0),
-        (r#"session_proxy_store_command_duration_seconds_count{command="set"}"#, 2.0),
-        (r#"session_proxy_store_command_duration_seconds_count{command="regenerate"}"#, 1.0),
+        // new sessions are created where no key is: login, and regenerate's fresh id
+        (r#"session_proxy_store_command_duration_seconds_count{command="create"}"#, 2.0),
+        // touch: written only if the key still holds what was read
+        (r#"session_proxy_store_command_duration_seconds_count{command="replace_if"}"#, 1.0),
+        // regenerate: the old key deleted only if it still holds what was copied
+        (r#"session_proxy_store_command_duration_seconds_count{command="delete_if"}"#, 1.0),
         (r#"session_proxy_store_command_duration_seconds_count{command="del"}"#, 1.0),
+        (r#"session_proxy_store_command_duration_seconds_count{command="set"}"#, 0.0),
+        (r#"session_proxy_session_conflicts_total{outcome="merged"}"#, 0.0),
+        (r#"session_proxy_session_conflicts_total{outcome="interrupted"}"#, 0.0),
+        (r#"session_proxy_session_conflicts_total{outcome="exhausted"}"#, 0.0),
+        ("session_proxy_session_writes_skipped_total", 0.0),
     ];
     for (series, want) in expect {
         assert_eq!(metric(&m, series), want, "{series}");

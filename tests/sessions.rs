@@ -469,17 +469,19 @@ impl Answer {
         for name in self.headers.keys() {
             let normalized = name.as_str().replace('_', "-");
             assert!(
-                normalized != "x-session-update" && normalized != "x-session-regenerate",
+                !["x-session-update", "x-session-regenerate", "x-session-patch"]
+                    .contains(&normalized.as_str()),
                 "{name} reached the client"
             );
         }
     }
 }
 
-/// Whether a header name is one of the three protocol names by DESIGN.md's comparison.
+/// Whether a header name is one of the four protocol names by DESIGN.md's comparison.
 fn is_protocol_name(name: &str) -> bool {
     let normalized = name.to_ascii_lowercase().replace('_', "-");
-    ["x-session", "x-session-update", "x-session-regenerate"].contains(&normalized.as_str())
+    ["x-session", "x-session-update", "x-session-regenerate", "x-session-patch"]
+        .contains(&normalized.as_str())
 }
 
 /// A signed cookie value for `id`, percent-encoded for a `Cookie` header: what Remix's
@@ -582,6 +584,8 @@ on_redis_and_memory!([
     forged_headers_are_stripped_on_every_route,
     upstream_protocol_headers_in_other_spellings_are_stripped_not_acted_on,
     secret_rotation_verifies_old_and_re_signs_with_the_first,
+    patches_merge_into_the_session_as_stored,
+    echoed_updates_write_nothing,
 ]);
 
 // The Upstash path: TLS-only redis-server, password in the URL, private CA in `ca_file`.
@@ -907,8 +911,9 @@ async fn bad_cookies_are_new_visitors(backend: Backend) {
     assert_eq!(answer.session(), Some(r#"{"user":"alice"}"#));
 }
 
-/// An update that is not a JSON object or `null`, too large, or sent twice: 502, no cookie,
-/// and nothing written (not even by a regenerate sent with it).
+/// An update that is not a JSON object or `null`, too large, or sent twice, a patch that is not
+/// a JSON object, too large or sent twice, and an update with a patch: 502, no cookie, and
+/// nothing written (not even by a regenerate sent with it).
 async fn bad_updates_are_502_and_write_nothing(backend: Backend) {
     const MAX_BYTES: usize = 64;
     let env = Env::start(backend, Opts { max_bytes: MAX_BYTES, ..Opts::default() }).await;
@@ -929,7 +934,15 @@ async fn bad_updates_are_502_and_write_nothing(backend: Backend) {
         ("too large", vec![("x-session-update", over_limit.as_str())]),
         ("two updates", vec![("x-session-update", r#"{"a":1}"#), ("x-session-update", r#"{"a":1}"#)]),
         ("update and null", vec![("x-session-update", r#"{"a":1}"#), ("x-session-update", "null")]),
-        ("bad update with regenerate", vec![("x-session-update", "[]"), ("x-session-regenerate", "1")]),
+        ("bad update with regenerate", vec![("x-session-update", "[1]"), ("x-session-regenerate", "1")]),
+        ("patch not JSON", vec![("x-session-patch", "user=ann")]),
+        ("patch null", vec![("x-session-patch", "null")]),
+        ("patch array", vec![("x-session-patch", r#"[{"user":"x"}]"#)]),
+        ("patch too large", vec![("x-session-patch", over_limit.as_str())]),
+        ("two patches", vec![("x-session-patch", r#"{"a":1}"#), ("x-session-patch", r#"{"b":1}"#)]),
+        ("update and patch", vec![("x-session-update", r#"{"a":1}"#), ("x-session-patch", r#"{"b":1}"#)]),
+        ("null update and patch", vec![("x-session-update", "null"), ("x-session-patch", r#"{"b":1}"#)]),
+        ("bad patch with regenerate", vec![("x-session-patch", "1"), ("x-session-regenerate", "1")]),
     ];
     for cookie in [Some(session.pair.as_str()), None] {
         for (what, reply) in &bad_updates {
@@ -956,7 +969,8 @@ async fn forged_headers_are_stripped_on_every_route(backend: Backend) {
     let forged =
         "X-Session: {\"admin\":true}\r\nX_Session: {\"admin\":true}\r\nx_session: {\"admin\":true}\r\n\
                   x_session_update: {\"admin\":true}\r\nX-Session-Update: {\"admin\":true}\r\n\
-                  X-SESSION-REGENERATE: 1\r\nx_Session_Regenerate: 1\r\n";
+                  X-SESSION-REGENERATE: 1\r\nx_Session_Regenerate: 1\r\n\
+                  X-Session-Patch: {\"admin\":true}\r\nx_session_patch: {\"admin\":true}\r\n";
     for (path, cookie, expected) in [
         ("/app", String::new(), vec!["x-session: {}"]),
         ("/app", format!("Cookie: {}\r\n", session.pair), vec![r#"x-session: {"user":"ann"}"#]),
@@ -982,6 +996,72 @@ async fn forged_headers_are_stripped_on_every_route(backend: Backend) {
     }
 }
 
+/// `x-session-patch` is an RFC 7386 merge patch of the session as stored: keys set, objects
+/// merged, `null` removes; a visitor without a session gets the patch applied to `{}`; with a
+/// regenerate, the session is patched, then moved. PHP's empty session, `[]`, counts as `{}`.
+async fn patches_merge_into_the_session_as_stored(backend: Backend) {
+    let env = Env::start(backend, Opts::default()).await;
+    let session = env.create(r#"{"user":"ann","cart":{"a":1},"n":0}"#).await;
+
+    let answer = env
+        .call(Some(&session.pair), &[("x-session-patch", r#"{"cart":{"b":2},"user":null,"n":1,"t":"é"}"#)])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    answer.assert_no_session_cookie();
+    answer.assert_no_protocol_headers();
+    env.assert_stored(&session.id, Some(r#"{"cart":{"a":1,"b":2},"n":1,"t":"é"}"#)).await;
+
+    // A patch that changes nothing writes nothing.
+    let answer = env.call(Some(&session.pair), &[("x-session-patch", r#"{"n":1,"gone":null}"#)]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    env.assert_stored(&session.id, Some(r#"{"cart":{"a":1,"b":2},"n":1,"t":"é"}"#)).await;
+
+    // A new visitor: the patch applied to `{}` (its nulls remove nothing) is a new session.
+    let answer = env.call(None, &[("x-session-patch", r#"{"x":{"y":1,"z":null},"w":null}"#)]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let created = answer.issued(SECRET);
+    env.assert_stored(&created.id, Some(r#"{"x":{"y":1}}"#)).await;
+
+    // Patched, then moved to a fresh id.
+    let answer = env
+        .call(Some(&session.pair), &[("x-session-patch", r#"{"user":"bob"}"#), ("x-session-regenerate", "1")])
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let moved = answer.issued(SECRET);
+    env.assert_stored(&session.id, None).await;
+    env.assert_stored(&moved.id, Some(r#"{"cart":{"a":1,"b":2},"n":1,"t":"é","user":"bob"}"#)).await;
+
+    // `[]` from PHP's `json_encode` of an empty array: an empty session. (Read through the
+    // proxy, the memory store's `{}` looks like no session; the new cookie shows it is one.)
+    let empty = env.redis().is_some().then_some("{}");
+    let answer = env.call(Some(&moved.pair), &[("x-session-update", "[]")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    answer.assert_no_session_cookie();
+    env.assert_stored(&moved.id, empty).await;
+    let answer = env.call(None, &[("x-session-update", "[]")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let php = answer.issued(SECRET);
+    env.assert_stored(&php.id, empty).await;
+}
+
+/// An update that equals, as a JSON value, the session its upstream was sent (legacy apps
+/// echo the whole session on every response) writes nothing: the stored text keeps its own
+/// key order and spacing, where a write would have stored the update's.
+async fn echoed_updates_write_nothing(backend: Backend) {
+    let env = Env::start(backend, Opts::default()).await;
+    let session = env.create(r#"{"a":1,"b":{"c":[1,2]},"d":"é"}"#).await;
+    for echo in [r#"{"a":1,"b":{"c":[1,2]},"d":"é"}"#, r#"{ "d":"\u00e9", "b":{"c":[1,2.0]}, "a":1.0 }"#] {
+        let answer = env.call(Some(&session.pair), &[("x-session-update", echo)]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{echo}");
+        answer.assert_no_session_cookie();
+        env.assert_stored(&session.id, Some(r#"{"a":1,"b":{"c":[1,2]},"d":"é"}"#)).await;
+    }
+    // Any real change is written, exactly as sent.
+    let answer = env.call(Some(&session.pair), &[("x-session-update", r#"{"d":"é","a":2}"#)]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    env.assert_stored(&session.id, Some(r#"{"d":"é","a":2}"#)).await;
+}
+
 /// Only the exact response header names are acted on; every other spelling, and the exact
 /// names on non-session routes, are removed and ignored.
 async fn upstream_protocol_headers_in_other_spellings_are_stripped_not_acted_on(backend: Backend) {
@@ -991,15 +1071,17 @@ async fn upstream_protocol_headers_in_other_spellings_are_stripped_not_acted_on(
         ("x_session_update", r#"{"user":"mallory"}"#),
         ("X_Session_Update", "null"),
         ("x_session_regenerate", "1"),
+        ("X_SESSION_PATCH", r#"{"user":"mallory"}"#),
         ("X-SESSION-REGENERATE-", "1"),
     ];
     for cookie in [Some(session.pair.as_str()), None] {
-        let answer = env.call(cookie, &misspelled[..3]).await;
+        let answer = env.call(cookie, &misspelled[..4]).await;
         assert_eq!(answer.status, StatusCode::OK);
         answer.assert_no_session_cookie();
+        answer.assert_no_protocol_headers();
     }
     // A near-miss name is an ordinary header and passes through.
-    let answer = env.call(None, &misspelled[3..]).await;
+    let answer = env.call(None, &misspelled[4..]).await;
     assert_eq!(answer.headers.get("x-session-regenerate-").map(|v| v.as_bytes()), Some(&b"1"[..]));
 
     // The exact names on a non-session route: stripped (checked in `request`), not acted on.
@@ -1008,7 +1090,11 @@ async fn upstream_protocol_headers_in_other_spellings_are_stripped_not_acted_on(
             .request(
                 "/static/x",
                 cookie,
-                &[("x-session-update", r#"{"user":"mallory"}"#), ("x-session-regenerate", "1")],
+                &[
+                    ("x-session-update", r#"{"user":"mallory"}"#),
+                    ("x-session-regenerate", "1"),
+                    ("x-session-patch", r#"{"user":"mallory"}"#),
+                ],
                 &[],
             )
             .await;

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::redis_server::RedisServer;
 use session_proxy::config::{StoreConfig, StoreUrl};
-use session_proxy::store::{Store, StoreError};
+use session_proxy::store::{Compared, Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -119,21 +120,53 @@ async fn getex_refreshes_the_ttl_and_get_does_not() {
     assert_eq!(redis.cli(&["EXISTS", "missing"]), "0");
 }
 
+/// The conditional writes of the concurrent-requests rules, as Redis runs them: `SET NX` for
+/// new sessions, compare-and-set and compare-and-delete scripts (EVALSHA, with EVAL when the
+/// server does not have the script, as after `SCRIPT FLUSH` or a restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rename_with_moves_the_session() {
+async fn conditional_writes_compare_the_text_that_was_read() {
     let redis = RedisServer::start();
     let store = connect(&store_config(redis.url(), None)).await;
     wait_until_serving(&store).await;
 
-    guarded("set", store.set("_session:old", "{}", 60)).await.unwrap();
-    guarded("rename_with", store.rename_with("_session:old", "_session:new", r#"{"user":1}"#, 300))
-        .await
-        .unwrap();
+    assert!(guarded("create", store.create("_session:a", r#"{"n":1}"#, 300)).await.unwrap());
+    assert!(!guarded("create", store.create("_session:a", "{}", 300)).await.unwrap());
+    assert_eq!(redis.cli(&["GET", "_session:a"]), r#"{"n":1}"#);
+    let remaining = ttl(&redis, "_session:a");
+    assert!((250..=300).contains(&remaining), "TTL {remaining}");
 
-    assert_eq!(redis.cli(&["EXISTS", "_session:old"]), "0");
-    assert_eq!(redis.cli(&["GET", "_session:new"]), r#"{"user":1}"#);
-    let remaining = ttl(&redis, "_session:new");
-    assert!((61..=300).contains(&remaining), "TTL {remaining}");
+    // Replaced only while the key holds what was read; the TTL is set again.
+    let done = guarded("replace_if", store.replace_if("_session:a", br#"{"n":1}"#, r#"{"n":2}"#, 600)).await;
+    assert_eq!(done.unwrap(), Compared::Done);
+    assert_eq!(redis.cli(&["GET", "_session:a"]), r#"{"n":2}"#);
+    assert!(ttl(&redis, "_session:a") > 300);
+    let stale = guarded("replace_if", store.replace_if("_session:a", br#"{"n":1}"#, r#"{"n":3}"#, 600)).await;
+    assert_eq!(stale.unwrap(), Compared::Changed(Bytes::from_static(br#"{"n":2}"#)));
+    assert_eq!(redis.cli(&["GET", "_session:a"]), r#"{"n":2}"#);
+
+    // The server lost its scripts: EVAL runs (and loads) them again.
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    let stale = guarded("delete_if", store.delete_if("_session:a", br#"{"n":1}"#)).await;
+    assert_eq!(stale.unwrap(), Compared::Changed(Bytes::from_static(br#"{"n":2}"#)));
+    let done = guarded("delete_if", store.delete_if("_session:a", br#"{"n":2}"#)).await;
+    assert_eq!(done.unwrap(), Compared::Done);
+    assert_eq!(redis.cli(&["EXISTS", "_session:a"]), "0");
+
+    // A key that is gone is never written again.
+    let gone = guarded("replace_if", store.replace_if("_session:a", br#"{"n":2}"#, "{}", 60)).await;
+    assert_eq!(gone.unwrap(), Compared::Gone);
+    assert_eq!(guarded("delete_if", store.delete_if("_session:a", b"{}")).await.unwrap(), Compared::Gone);
+    assert_eq!(redis.cli(&["EXISTS", "_session:a"]), "0");
+
+    // Non-ASCII compares byte for byte.
+    assert_eq!(redis.cli(&["SET", "_session:b", r#"{"a":"café"}"#]), "OK");
+    let stored = guarded("get", store.get("_session:b", None)).await.unwrap().unwrap();
+    let done = guarded("replace_if", store.replace_if("_session:b", &stored, "{}", 60)).await;
+    assert_eq!(done.unwrap(), Compared::Done);
+
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+    assert!(stats.contains("cmdstat_eval:"), "{stats}");
 }
 
 /// Redis down when the store starts, and stopped again once it serves: every call fails
@@ -152,8 +185,10 @@ async fn serves_whenever_redis_is_up_without_being_rebuilt() {
     assert!(write.is_err(), "a write with Redis down must fail");
     let ping = guarded("ping", store.ping()).await;
     assert!(ping.is_err());
-    let rename = guarded("rename_with", store.rename_with("a", "b", "{}", 60)).await;
-    assert!(rename.is_err());
+    let create = guarded("create", store.create("b", "{}", 60)).await;
+    assert!(create.is_err());
+    let replace = guarded("replace_if", store.replace_if("k", b"{}", "{}", 60)).await;
+    assert!(replace.is_err());
 
     redis.restart();
     wait_until_serving(&store).await;

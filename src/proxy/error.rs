@@ -8,8 +8,7 @@ use http::{Response, StatusCode};
 
 use super::client::UpstreamError;
 use super::response::{status_response, ProxyBody};
-use crate::session::protocol::UpdateError;
-use crate::session::SaveError;
+use crate::session::{BadHeaders, SaveError};
 use crate::store::StoreError;
 
 /// Why a request got an answer of the proxy's own instead of the upstream's.
@@ -33,12 +32,21 @@ pub(crate) enum Failure {
     /// aborted.
     #[error("the client sent no request body data for {0:?}")]
     ClientBodyIdle(Duration),
-    /// The upstream sent a session update that cannot be stored; nothing was written.
-    #[error("upstream sent a bad session update: {0}")]
-    BadUpdate(UpdateError),
+    /// The upstream sent session headers that cannot be acted on (an update or patch that is
+    /// not a JSON object, too large, or both at once); nothing was written.
+    #[error("upstream sent {0}")]
+    BadUpdate(BadHeaders),
     /// The store write of a session change failed: never a 2xx for a change that was not saved.
     #[error("session store write failed: {0}")]
     StoreWrite(StoreError),
+    /// The session was destroyed or moved to another id while the request was in flight:
+    /// nothing was written, and the client keeps no cookie of it (DESIGN.md, "Concurrent
+    /// requests").
+    #[error("the session was destroyed or moved while the request was in flight")]
+    Interrupted,
+    /// Other requests kept changing the session through every conditional write.
+    #[error("the session kept changing under every conditional write")]
+    Contended,
     /// The upstream answered 101 to a request that did not ask to switch protocols.
     #[error("upstream switched protocols without being asked")]
     UnaskedUpgrade,
@@ -51,7 +59,10 @@ impl Failure {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::ClientBodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
             Failure::Upstream(_) | Failure::BadUpdate(_) | Failure::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
-            Failure::StoreRead(_) | Failure::StoreWrite(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Interrupted => StatusCode::CONFLICT,
+            Failure::StoreRead(_) | Failure::StoreWrite(_) | Failure::Contended => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -81,7 +92,23 @@ impl Failure {
                 tracing::warn!(request_id, route, status, error = %error, "session store write failed; answering 503");
             }
             Failure::BadUpdate(error) => {
-                tracing::warn!(request_id, route, status, error = %error, "upstream sent a bad session update; nothing written");
+                tracing::warn!(request_id, route, status, error = %error, "upstream sent bad session headers; nothing written");
+            }
+            Failure::Interrupted => {
+                tracing::warn!(
+                    request_id,
+                    route,
+                    status,
+                    "session destroyed or moved while the request was in flight; nothing written"
+                );
+            }
+            Failure::Contended => {
+                tracing::warn!(
+                    request_id,
+                    route,
+                    status,
+                    "session kept changing under every conditional write; nothing written"
+                );
             }
             Failure::Upstream(error) => {
                 let reason = match std::error::Error::source(error) {
@@ -103,8 +130,10 @@ impl Failure {
 impl From<SaveError> for Failure {
     fn from(e: SaveError) -> Failure {
         match e {
-            SaveError::BadUpdate(e) => Failure::BadUpdate(e),
+            SaveError::Bad(e) => Failure::BadUpdate(e),
             SaveError::Store(e) => Failure::StoreWrite(e),
+            SaveError::Interrupted => Failure::Interrupted,
+            SaveError::Contended => Failure::Contended,
         }
     }
 }
@@ -113,6 +142,7 @@ fn status_text(status: StatusCode) -> &'static str {
     match status {
         StatusCode::NOT_FOUND => "404 Not Found\n",
         StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
+        StatusCode::CONFLICT => "409 Conflict\n",
         StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
         _ => "502 Bad Gateway\n",
@@ -128,7 +158,9 @@ mod tests {
         let cases = [
             (Failure::NoRoute, 404),
             (Failure::ClientBodyIdle(Duration::from_secs(1)), 408),
-            (Failure::BadUpdate(UpdateError::Duplicate), 502),
+            (Failure::BadUpdate(BadHeaders::UpdateAndPatch), 502),
+            (Failure::Interrupted, 409),
+            (Failure::Contended, 503),
             (Failure::UnaskedUpgrade, 502),
             (Failure::StoreRead(StoreError::Timeout), 503),
             (Failure::StoreWrite(StoreError::Unavailable("down".into())), 503),

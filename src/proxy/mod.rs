@@ -145,7 +145,12 @@ impl Proxy {
         // Always, on every route: a client can never forge a session.
         let forged = protocol::strip_protocol_headers(
             req.headers_mut(),
-            &[&session_cfg.header, &session_cfg.update_header, &session_cfg.regenerate_header],
+            &[
+                &session_cfg.header,
+                &session_cfg.update_header,
+                &session_cfg.regenerate_header,
+                &session_cfg.patch_header,
+            ],
         );
         if forged > 0 {
             self.metrics.forged_headers_removed(forged);
@@ -193,14 +198,14 @@ impl Proxy {
 
         // Response side of the session seam.
         if let Some(session) = session {
-            let saved = app.session.save(&mut store, session, resp.headers_mut()).await;
+            let saved = app.session.save(&mut store, session, resp.headers_mut(), rid(request_id)).await;
             out.store_time = store.elapsed;
             out.session = saved?;
         }
         // The protocol headers never reach the client, on any route, in any spelling.
         protocol::strip_protocol_headers(
             resp.headers_mut(),
-            &[&session_cfg.update_header, &session_cfg.regenerate_header],
+            &[&session_cfg.update_header, &session_cfg.regenerate_header, &session_cfg.patch_header],
         );
 
         if switching {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::metrics::{Histogram, Metrics, StoreErrorCounters};
-use crate::store::{Store, StoreError};
+use crate::store::{Compared, Store, StoreError};
 
 /// The metric handles of the store commands a request makes, resolved once per session layer
 /// so that timing a command hashes no labels.
@@ -15,8 +15,10 @@ pub(crate) struct StoreMetrics {
     get: Histogram,
     getex: Histogram,
     set: Histogram,
+    create: Histogram,
+    replace_if: Histogram,
+    delete_if: Histogram,
     del: Histogram,
-    regenerate: Histogram,
     errors: StoreErrorCounters,
 }
 
@@ -26,8 +28,10 @@ impl StoreMetrics {
             get: metrics.store_command("get"),
             getex: metrics.store_command("getex"),
             set: metrics.store_command("set"),
+            create: metrics.store_command("create"),
+            replace_if: metrics.store_command("replace_if"),
+            delete_if: metrics.store_command("delete_if"),
             del: metrics.store_command("del"),
-            regenerate: metrics.store_command("regenerate"),
             errors: metrics.store_errors(&StoreError::KINDS),
         }
     }
@@ -83,14 +87,25 @@ impl<'a> StoreCalls<'a> {
         self.timed(&m.del, store.del(key)).await
     }
 
-    pub(crate) async fn rename_with(
+    /// `SET NX`: `false` when the key exists.
+    pub(crate) async fn create(&mut self, key: &str, value: &str, ttl: u64) -> Result<bool, StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.create, store.create(key, value, ttl)).await
+    }
+
+    pub(crate) async fn replace_if(
         &mut self,
-        old: &str,
-        new: &str,
+        key: &str,
+        expected: &[u8],
         value: &str,
         ttl: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Compared, StoreError> {
         let (store, m) = (self.store, self.metrics);
-        self.timed(&m.regenerate, store.rename_with(old, new, value, ttl)).await
+        self.timed(&m.replace_if, store.replace_if(key, expected, value, ttl)).await
+    }
+
+    pub(crate) async fn delete_if(&mut self, key: &str, expected: &[u8]) -> Result<Compared, StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.delete_if, store.delete_if(key, expected)).await
     }
 }

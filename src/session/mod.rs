@@ -4,11 +4,22 @@
 //! which says what [`SessionState`] the request's session is in, and [`SessionLayer::save`]
 //! once on the upstream's response. The store-failure policy (`on_store_error`) is decided in
 //! `load`, and nowhere else. Everything about cookies (`cookie`), ids (`id`) and header values
-//! (`protocol`) is pure and lives in the submodules; `calls` times the store commands.
+//! (`protocol`) is pure and lives in the submodules; `json` is the JavaScript value model that
+//! merges concurrent changes; `calls` times the store commands.
+//!
+//! # Concurrent requests
+//!
+//! Every write of a session that was read is conditional: it replaces the stored value only if
+//! the key still holds the exact text that was read. When another request changed the session
+//! meanwhile, this response's change (against what its upstream was sent) is applied to the
+//! session as it is now and written conditionally in turn, up to [`MAX_WRITE_TRIES`] times;
+//! when the key is gone (destroyed, moved by a regenerate, expired), nothing is written and
+//! the request is interrupted (409). New sessions are created only where no key is (`NX`).
 
 pub(crate) mod calls;
 pub(crate) mod cookie;
 pub(crate) mod id;
+pub(crate) mod json;
 pub(crate) mod protocol;
 
 use std::sync::Arc;
@@ -18,10 +29,20 @@ use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::config::{OnStoreError, SessionConfig};
 use crate::metrics::{Counter, Metrics};
-use crate::store::{Store, StoreError};
+use crate::store::{Compared, Store, StoreError};
 use calls::{StoreCalls, StoreMetrics};
 use cookie::{CookieCodec, CookieRead};
+use json::{Change, Js, JsObject};
 use protocol::{Update, UpdateError};
+
+/// How many conditional writes one response may make while other requests keep changing its
+/// session; then it gives up with 503 and `Retry-After: 1`.
+pub(crate) const MAX_WRITE_TRIES: usize = 5;
+
+/// Fresh ids a new session tries before giving up. Two random 128-bit ids colliding is not
+/// going to happen; the bound only keeps a store that answers every `NX` with "exists" (a
+/// misbehaving proxy in between, say) from looping.
+const MAX_CREATE_TRIES: usize = 3;
 
 /// What happened to the session during one request: the access log's `session` field and the
 /// session metrics.
@@ -69,7 +90,6 @@ pub(crate) enum SessionState {
 pub(crate) struct Live {
     id: String,
     /// The stored text exactly as read: what a conditional write compares against.
-    #[allow(dead_code)] // read by the conditional writes of DESIGN.md's "Concurrent requests"
     read: Bytes,
     /// What the upstream was sent, as stored JSON: `read`, or `{}` when that is not a JSON
     /// object (the session is treated as empty throughout; a regenerate moves `{}`).
@@ -78,15 +98,67 @@ pub(crate) struct Live {
     resign: bool,
 }
 
-/// Why the response side could not finish; the proxy maps each to its status code.
+/// Why the response side could not finish; the proxy maps each to its status code. In every
+/// case nothing the client is told about was left half-written.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SaveError {
-    /// The upstream sent an update that is not a JSON object or `null`, or too large.
-    #[error("bad session update from upstream: {0}")]
-    BadUpdate(#[from] UpdateError),
+    /// The upstream's session headers cannot be acted on (502).
+    #[error("{0}")]
+    Bad(#[from] BadHeaders),
     /// The write did not happen, so the client must not be told it did.
     #[error("session store write failed: {0}")]
     Store(#[from] StoreError),
+    /// The session was destroyed or moved to another id after it was read: a request that
+    /// started before a log-out never undoes it.
+    #[error("the session was destroyed or moved while the request was in flight; nothing written")]
+    Interrupted,
+    /// Other requests kept changing the session through [`MAX_WRITE_TRIES`] tries.
+    #[error("the session kept changing under {MAX_WRITE_TRIES} conditional writes; nothing written")]
+    Contended,
+}
+
+/// Session headers from the upstream that cannot be acted on. Never holds their values.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BadHeaders {
+    #[error("bad session update: {0}")]
+    Update(UpdateError),
+    #[error("bad session patch: {0}")]
+    Patch(UpdateError),
+    #[error("the upstream sent both a session update and a session patch")]
+    UpdateAndPatch,
+}
+
+/// What the upstream's response asks for.
+enum Requested {
+    Nothing,
+    Destroy,
+    /// `x-session-update`: `text` is what to store when nothing changed concurrently.
+    Replace {
+        text: String,
+        object: JsObject,
+    },
+    /// `x-session-patch`.
+    Patch(JsObject),
+}
+
+/// This response's edit, for the session as it is in the store when the write comes.
+enum Edit<'a> {
+    /// Nothing: a regenerate moves the session as it is.
+    None,
+    /// What the response changed against what its upstream was sent.
+    Change(Change),
+    Patch(&'a JsObject),
+}
+
+impl Edit<'_> {
+    /// Applies the edit to `current`; whether that changed anything.
+    fn apply(&self, current: &mut JsObject) -> bool {
+        match self {
+            Edit::None => false,
+            Edit::Change(change) => change.apply(current),
+            Edit::Patch(patch) => current.merge_patch(patch),
+        }
+    }
 }
 
 /// The session metrics' handles, resolved once per session layer.
@@ -95,6 +167,12 @@ struct SessionMetrics {
     updated: Counter,
     destroyed: Counter,
     regenerated: Counter,
+    /// Conditional writes that met a concurrent change, by how they ended.
+    merged: Counter,
+    interrupted: Counter,
+    exhausted: Counter,
+    /// Updates and patches that changed nothing, so wrote nothing.
+    skipped: Counter,
     store: StoreMetrics,
     metrics: Arc<Metrics>,
 }
@@ -106,6 +184,10 @@ impl SessionMetrics {
             updated: metrics.session_event(SessionEvent::Updated.as_str()),
             destroyed: metrics.session_event(SessionEvent::Destroyed.as_str()),
             regenerated: metrics.session_event(SessionEvent::Regenerated.as_str()),
+            merged: metrics.session_conflict("merged"),
+            interrupted: metrics.session_conflict("interrupted"),
+            exhausted: metrics.session_conflict("exhausted"),
+            skipped: metrics.session_writes_skipped(),
             store: StoreMetrics::new(metrics),
             metrics: metrics.clone(),
         }
@@ -209,58 +291,239 @@ impl SessionLayer {
         Ok(SessionState::Live(Live { id: verified.id, read, sent, resign: verified.needs_resign }))
     }
 
-    /// Response side: acts on the exact update and regenerate headers, writes the store and
-    /// sets or clears the cookie. On error nothing claims a change that was not saved: the
-    /// caller answers 502 or 503 instead of the upstream's response.
+    /// Response side: acts on the exact update, patch and regenerate headers, writes the store
+    /// (conditionally, see the module docs) and sets or clears the cookie. On error nothing
+    /// claims a change that was not saved: the caller answers 409, 502 or 503 instead of the
+    /// upstream's response.
     pub(crate) async fn save(
         &self,
         store: &mut StoreCalls<'_>,
         state: SessionState,
         resp: &mut HeaderMap,
+        request_id: &str,
     ) -> Result<SessionEvent, SaveError> {
-        let update = self.read_update(resp)?;
+        let requested = self.read_request(resp)?;
         let regenerate = resp.contains_key(&self.cfg.regenerate_header);
-        let event = match state {
-            SessionState::Anonymous => match update {
-                Some(Update::Replace(text)) => self.create(store, &text, resp).await?,
-                None if self.cfg.save_uninitialized => {
-                    self.create(store, protocol::EMPTY_SESSION, resp).await?
+        let outcome = match state {
+            SessionState::Anonymous => match requested {
+                Requested::Replace { text, .. } => self.create(store, &text, resp).await,
+                Requested::Patch(patch) => {
+                    let mut object = JsObject::new();
+                    object.merge_patch(&patch);
+                    self.create(store, &object.to_text(), resp).await
+                }
+                Requested::Nothing if self.cfg.save_uninitialized => {
+                    self.create(store, protocol::EMPTY_SESSION, resp).await
                 }
                 // Nothing to destroy, nothing to move.
-                Some(Update::Destroy) | None => SessionEvent::None,
+                Requested::Destroy | Requested::Nothing => Ok(SessionEvent::None),
             },
-            SessionState::Unknown { id } => match update {
-                Some(Update::Destroy) => self.destroy(store, &id, resp).await?,
-                Some(Update::Replace(text)) if regenerate => self.regenerate(store, &id, &text, resp).await?,
+            SessionState::Unknown { id } => match requested {
+                Requested::Destroy => self.destroy(store, &id, resp).await,
+                Requested::Replace { text, .. } if regenerate => {
+                    self.move_unseen(store, &id, &text, resp).await
+                }
                 // The session may hold data the upstream never saw: its update starts a new
                 // session rather than replace that data (strict ids).
-                Some(Update::Replace(text)) => self.create(store, &text, resp).await?,
+                Requested::Replace { text, .. } => self.create(store, &text, resp).await,
+                // A patch applies to the session as it is in the store now: read it again.
+                Requested::Patch(patch) => {
+                    let read = store.get(&self.key(&id), None).await?;
+                    match read {
+                        Some(read) => {
+                            let sent = self.sent_of(&read, request_id);
+                            let live = Live { id, read, sent, resign: false };
+                            let requested = Requested::Patch(patch);
+                            self.save_live(store, live, requested, regenerate, resp, request_id).await
+                        }
+                        None => {
+                            let mut object = JsObject::new();
+                            object.merge_patch(&patch);
+                            self.create(store, &object.to_text(), resp).await
+                        }
+                    }
+                }
                 // The store was unreachable on read: leave the unknown session alone.
-                None => SessionEvent::None,
+                Requested::Nothing => Ok(SessionEvent::None),
             },
-            SessionState::Live(live) => match update {
-                Some(Update::Destroy) => self.destroy(store, &live.id, resp).await?,
-                Some(Update::Replace(text)) if regenerate => {
-                    self.regenerate(store, &live.id, &text, resp).await?
-                }
-                Some(Update::Replace(text)) => {
-                    store.set(&self.key(&live.id), &text, self.cfg.max_age).await?;
-                    self.refresh_cookie(resp, &live);
-                    SessionEvent::Updated
-                }
-                None if regenerate => {
-                    // `load` keeps only values it served (JSON objects, so UTF-8) or `{}`.
-                    let text = std::str::from_utf8(&live.sent).unwrap_or(protocol::EMPTY_SESSION);
-                    self.regenerate(store, &live.id, text, resp).await?
-                }
-                None => {
-                    self.refresh_cookie(resp, &live);
-                    SessionEvent::Loaded
-                }
-            },
+            SessionState::Live(live) => {
+                self.save_live(store, live, requested, regenerate, resp, request_id).await
+            }
         };
-        self.metrics.count(event);
-        Ok(event)
+        match &outcome {
+            Ok(event) => self.metrics.count(*event),
+            Err(SaveError::Interrupted) => {
+                self.metrics.interrupted.inc();
+            }
+            Err(SaveError::Contended) => {
+                self.metrics.exhausted.inc();
+            }
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn save_live(
+        &self,
+        store: &mut StoreCalls<'_>,
+        live: Live,
+        requested: Requested,
+        regenerate: bool,
+        resp: &mut HeaderMap,
+        request_id: &str,
+    ) -> Result<SessionEvent, SaveError> {
+        // The session as this response would leave it if nothing changed meanwhile, and its
+        // edit for the session as it is when the write comes; `None`: the response changed
+        // nothing.
+        let (text, edit) = match &requested {
+            Requested::Destroy => return self.destroy(store, &live.id, resp).await,
+            Requested::Nothing => (None, Edit::None),
+            Requested::Replace { text, object } => {
+                // An update that equals (as a JSON value) what the upstream was sent: legacy
+                // apps often echo the whole session on every response.
+                let sent = Js::parse_object(&live.sent).unwrap_or_default();
+                if text.as_bytes() == live.sent || *object == sent {
+                    (None, Edit::None)
+                } else {
+                    (Some(text.clone()), Edit::Change(Change::between(&sent, object)))
+                }
+            }
+            Requested::Patch(patch) => {
+                let mut object = Js::parse_object(&live.sent).unwrap_or_default();
+                if object.merge_patch(patch) {
+                    (Some(object.to_text()), Edit::Patch(patch))
+                } else {
+                    (None, Edit::Patch(patch))
+                }
+            }
+        };
+        if text.is_none() && !matches!(requested, Requested::Nothing) {
+            self.metrics.skipped.inc();
+        }
+        if regenerate {
+            // `load` keeps only values it served (JSON objects, so UTF-8) or `{}`.
+            let text = text.unwrap_or_else(|| String::from_utf8_lossy(&live.sent).into_owned());
+            return self.regenerate(store, &live, text, &edit, resp, request_id).await;
+        }
+        let Some(text) = text else {
+            self.refresh_cookie(resp, &live);
+            return Ok(SessionEvent::Loaded);
+        };
+        self.write_back(store, &live, text, &edit, request_id).await?;
+        self.refresh_cookie(resp, &live);
+        Ok(SessionEvent::Updated)
+    }
+
+    /// Writes `text` over the live session if it still holds what was read; else applies
+    /// `edit` to the session as it is now and tries again.
+    async fn write_back(
+        &self,
+        store: &mut StoreCalls<'_>,
+        live: &Live,
+        mut text: String,
+        edit: &Edit<'_>,
+        request_id: &str,
+    ) -> Result<(), SaveError> {
+        let key = self.key(&live.id);
+        let mut expected = live.read.clone();
+        let mut conflicted = false;
+        for _ in 0..MAX_WRITE_TRIES {
+            match store.replace_if(&key, &expected, &text, self.cfg.max_age).await? {
+                Compared::Done => {
+                    if conflicted {
+                        self.metrics.merged.inc();
+                    }
+                    return Ok(());
+                }
+                Compared::Gone => return Err(SaveError::Interrupted),
+                Compared::Changed(current) => {
+                    conflicted = true;
+                    let mut object = self.stored_object(&current, request_id);
+                    if !edit.apply(&mut object) {
+                        // The session holds this response's change already.
+                        self.metrics.merged.inc();
+                        return Ok(());
+                    }
+                    text = object.to_text();
+                    expected = current;
+                }
+            }
+        }
+        Err(SaveError::Contended)
+    }
+
+    /// Moves the live session to a fresh id: `text` (the session as read, with this
+    /// response's edit) is written under the new id first, then the old key is deleted if it
+    /// still holds what was read; when another request changed it meanwhile, the new key gets
+    /// the session as it is now, with `edit`, and the delete is tried again. Every command
+    /// touches one key, so the two ids may live on different cluster nodes.
+    async fn regenerate(
+        &self,
+        store: &mut StoreCalls<'_>,
+        live: &Live,
+        text: String,
+        edit: &Edit<'_>,
+        resp: &mut HeaderMap,
+        request_id: &str,
+    ) -> Result<SessionEvent, SaveError> {
+        let old = self.key(&live.id);
+        let new = self.create_fresh(store, &text).await?;
+        let new_key = self.key(&new);
+        let mut expected = live.read.clone();
+        let mut conflicted = false;
+        for _ in 0..MAX_WRITE_TRIES {
+            let compared = match store.delete_if(&old, &expected).await {
+                Ok(compared) => compared,
+                Err(e) => {
+                    self.discard(store, &new_key, request_id).await;
+                    return Err(e.into());
+                }
+            };
+            match compared {
+                Compared::Done => {
+                    if conflicted {
+                        self.metrics.merged.inc();
+                    }
+                    self.set_cookie(resp, &new);
+                    return Ok(SessionEvent::Regenerated);
+                }
+                Compared::Gone => {
+                    self.discard(store, &new_key, request_id).await;
+                    return Err(SaveError::Interrupted);
+                }
+                Compared::Changed(current) => {
+                    conflicted = true;
+                    let mut object = self.stored_object(&current, request_id);
+                    edit.apply(&mut object);
+                    if let Err(e) = store.set(&new_key, &object.to_text(), self.cfg.max_age).await {
+                        self.discard(store, &new_key, request_id).await;
+                        return Err(e.into());
+                    }
+                    expected = current;
+                }
+            }
+        }
+        self.discard(store, &new_key, request_id).await;
+        Err(SaveError::Contended)
+    }
+
+    /// A regenerate of a session whose read failed (`on_store_error = "pass"`): its update
+    /// goes under a fresh id and the old key, unseen, is deleted.
+    async fn move_unseen(
+        &self,
+        store: &mut StoreCalls<'_>,
+        old: &str,
+        text: &str,
+        resp: &mut HeaderMap,
+    ) -> Result<SessionEvent, SaveError> {
+        let new = self.create_fresh(store, text).await?;
+        if let Err(e) = store.del(&self.key(old)).await {
+            // Best effort: the new key expires on its own if this fails too.
+            let _ = store.del(&self.key(&new)).await;
+            return Err(e.into());
+        }
+        self.set_cookie(resp, &new);
+        Ok(SessionEvent::Regenerated)
     }
 
     /// A new session under a fresh id, and its cookie.
@@ -269,25 +532,29 @@ impl SessionLayer {
         store: &mut StoreCalls<'_>,
         text: &str,
         resp: &mut HeaderMap,
-    ) -> Result<SessionEvent, StoreError> {
-        let new = id::new_id();
-        store.set(&self.key(&new), text, self.cfg.max_age).await?;
+    ) -> Result<SessionEvent, SaveError> {
+        let new = self.create_fresh(store, text).await?;
         self.set_cookie(resp, &new);
         Ok(SessionEvent::Created)
     }
 
-    /// `text` under a fresh id, the old key deleted, and the new cookie.
-    async fn regenerate(
-        &self,
-        store: &mut StoreCalls<'_>,
-        old: &str,
-        text: &str,
-        resp: &mut HeaderMap,
-    ) -> Result<SessionEvent, StoreError> {
-        let new = id::new_id();
-        store.rename_with(&self.key(old), &self.key(&new), text, self.cfg.max_age).await?;
-        self.set_cookie(resp, &new);
-        Ok(SessionEvent::Regenerated)
+    /// Writes `text` under a fresh id where no key is (`NX`), and returns the id.
+    async fn create_fresh(&self, store: &mut StoreCalls<'_>, text: &str) -> Result<String, StoreError> {
+        for _ in 0..MAX_CREATE_TRIES {
+            let new = id::new_id();
+            if store.create(&self.key(&new), text, self.cfg.max_age).await? {
+                return Ok(new);
+            }
+        }
+        Err(StoreError::Command(format!("SET NX found {MAX_CREATE_TRIES} fresh ids taken")))
+    }
+
+    /// Deletes a key this request wrote and no client knows of, after a failed move; if that
+    /// fails too, the key expires on its own.
+    async fn discard(&self, store: &mut StoreCalls<'_>, key: &str, request_id: &str) {
+        if let Err(e) = store.del(key).await {
+            tracing::warn!(request_id, error = %e, "could not delete the new key of a failed regenerate; it expires on its own");
+        }
     }
 
     /// The key deleted and the cookie cleared.
@@ -296,10 +563,30 @@ impl SessionLayer {
         store: &mut StoreCalls<'_>,
         id: &str,
         resp: &mut HeaderMap,
-    ) -> Result<SessionEvent, StoreError> {
+    ) -> Result<SessionEvent, SaveError> {
         store.del(&self.key(id)).await?;
         resp.append(SET_COOKIE, self.codec.clear_cookie());
         Ok(SessionEvent::Destroyed)
+    }
+
+    /// A stored value as an object: one that is not a JSON object counts as empty.
+    fn stored_object(&self, stored: &[u8], request_id: &str) -> JsObject {
+        Js::parse_object(stored).unwrap_or_else(|| {
+            tracing::warn!(request_id, "stored session is not a JSON object; treating it as empty");
+            JsObject::new()
+        })
+    }
+
+    /// What the upstream is sent for a stored value: the value, or `{}` when it is not a JSON
+    /// object.
+    fn sent_of(&self, stored: &Bytes, request_id: &str) -> Bytes {
+        match Js::parse_object(stored) {
+            Some(_) => stored.clone(),
+            None => {
+                tracing::warn!(request_id, "stored session is not a JSON object; treating it as empty");
+                Bytes::from_static(protocol::EMPTY_SESSION.as_bytes())
+            }
+        }
     }
 
     /// A live session keeps its id; its cookie is sent again when `rolling` (a new Max-Age) or
@@ -310,20 +597,40 @@ impl SessionLayer {
         }
     }
 
-    /// The update header by its exact name. More than one is ambiguous and refused.
-    fn read_update(&self, resp: &HeaderMap) -> Result<Option<Update>, UpdateError> {
-        let mut values = resp.get_all(&self.cfg.update_header).iter();
-        let Some(first) = values.next() else {
-            return Ok(None);
-        };
-        if values.next().is_some() {
-            return Err(UpdateError::Duplicate);
+    /// The update and patch headers by their exact names. More than one of either, or both,
+    /// is ambiguous and refused.
+    fn read_request(&self, resp: &HeaderMap) -> Result<Requested, BadHeaders> {
+        let update = single(resp, &self.cfg.update_header).map_err(BadHeaders::Update)?;
+        let patch = single(resp, &self.cfg.patch_header).map_err(BadHeaders::Patch)?;
+        match (update, patch) {
+            (Some(_), Some(_)) => Err(BadHeaders::UpdateAndPatch),
+            (Some(value), None) => match protocol::parse_update(value, self.cfg.max_bytes) {
+                Ok(Update::Destroy) => Ok(Requested::Destroy),
+                Ok(Update::Replace { text, object }) => Ok(Requested::Replace { text, object }),
+                Err(e) => Err(BadHeaders::Update(e)),
+            },
+            (None, Some(value)) => protocol::parse_patch(value, self.cfg.max_bytes)
+                .map(Requested::Patch)
+                .map_err(BadHeaders::Patch),
+            (None, None) => Ok(Requested::Nothing),
         }
-        protocol::parse_update(first, self.cfg.max_bytes).map(Some)
     }
 
     fn set_cookie(&self, resp: &mut HeaderMap, id: &str) {
         let value: HeaderValue = self.codec.set_cookie(id);
         resp.append(SET_COOKIE, value);
     }
+}
+
+/// The one value of header `name`, if any; more than one is ambiguous.
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'h HeaderValue>, UpdateError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(UpdateError::Duplicate);
+    }
+    Ok(first)
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::compared::Compared;
 use super::error::StoreError;
 
 /// Number of independently locked shards: enough that concurrent requests rarely wait on the
@@ -84,18 +85,54 @@ impl MemoryStore {
         self.shard(key).entries.remove(key);
     }
 
-    /// `SET new_key value EX ttl_secs` then `DEL old_key`; the delete happens only when the
-    /// write did.
-    pub fn rename_with(
+    /// `SET key value EX ttl_secs NX`: `false` when the key exists.
+    pub fn create(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let expires_at = expiry(now, ttl_secs, "set")?;
+        let mut shard = self.write_shard(key, now);
+        if shard.entries.get(key).is_some_and(|e| e.is_live(now)) {
+            return Ok(false);
+        }
+        shard
+            .entries
+            .insert(key.to_owned(), Entry { value: Bytes::copy_from_slice(value.as_bytes()), expires_at });
+        Ok(true)
+    }
+
+    /// Replaces `key`'s value (and TTL) only if it still holds `expected`, under the shard's
+    /// lock.
+    pub fn replace_if(
         &self,
-        old_key: &str,
-        new_key: &str,
+        key: &str,
+        expected: &[u8],
         value: &str,
         ttl_secs: u64,
-    ) -> Result<(), StoreError> {
-        self.set(new_key, value, ttl_secs)?;
-        self.del(old_key);
-        Ok(())
+    ) -> Result<Compared, StoreError> {
+        let now = Instant::now();
+        let expires_at = expiry(now, ttl_secs, "set")?;
+        let mut shard = self.write_shard(key, now);
+        let Some(entry) = shard.entries.get_mut(key).filter(|e| e.is_live(now)) else {
+            return Ok(Compared::Gone);
+        };
+        if entry.value != expected {
+            return Ok(Compared::Changed(entry.value.clone()));
+        }
+        *entry = Entry { value: Bytes::copy_from_slice(value.as_bytes()), expires_at };
+        Ok(Compared::Done)
+    }
+
+    /// Deletes `key` only if it still holds `expected`, under the shard's lock.
+    pub fn delete_if(&self, key: &str, expected: &[u8]) -> Compared {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let Some(entry) = shard.entries.get(key).filter(|e| e.is_live(now)) else {
+            return Compared::Gone;
+        };
+        if entry.value != expected {
+            return Compared::Changed(entry.value.clone());
+        }
+        shard.entries.remove(key);
+        Compared::Done
     }
 
     /// Nothing to close; the map goes away with the last clone.
@@ -123,15 +160,21 @@ impl MemoryStore {
 
     fn set_at(&self, key: &str, value: &str, ttl_secs: u64, now: Instant) -> Result<(), StoreError> {
         let expires_at = expiry(now, ttl_secs, "set")?;
+        self.write_shard(key, now)
+            .entries
+            .insert(key.to_owned(), Entry { value: Bytes::copy_from_slice(value.as_bytes()), expires_at });
+        Ok(())
+    }
+
+    /// `key`'s shard, locked for a write that may add an entry: swept of expired entries first
+    /// when its last sweep is older than [`SWEEP_INTERVAL`].
+    fn write_shard(&self, key: &str, now: Instant) -> MutexGuard<'_, Shard> {
         let mut shard = self.shard(key);
         if now.saturating_duration_since(shard.last_sweep) >= SWEEP_INTERVAL {
             shard.entries.retain(|_, entry| entry.is_live(now));
             shard.last_sweep = now;
         }
         shard
-            .entries
-            .insert(key.to_owned(), Entry { value: Bytes::copy_from_slice(value.as_bytes()), expires_at });
-        Ok(())
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
@@ -255,21 +298,43 @@ mod tests {
     }
 
     #[test]
-    fn rename_with_moves_the_session() {
+    fn create_only_when_absent() {
         let store = MemoryStore::new();
-        store.set("old", "{}", 60).unwrap();
-        store.rename_with("old", "new", "{\"u\":1}", 60).unwrap();
-        assert_eq!(store.get("old", None).unwrap(), None);
-        assert_eq!(store.get("new", None).unwrap().as_deref(), Some(&b"{\"u\":1}"[..]));
+        assert!(store.create("k", "{\"a\":1}", 60).unwrap());
+        assert!(!store.create("k", "{}", 60).unwrap());
+        assert_eq!(store.get("k", None).unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert!(store.create("k2", "{}", 0).is_err());
+        // An expired key counts as absent.
+        let t0 = Instant::now();
+        store.set_at("old", "v", 1, t0 - secs(2)).unwrap();
+        assert!(store.create("old", "{}", 60).unwrap());
     }
 
     #[test]
-    fn failed_rename_keeps_the_old_session() {
+    fn replace_if_compares_and_sets() {
         let store = MemoryStore::new();
-        store.set("old", "{}", 60).unwrap();
-        assert!(store.rename_with("old", "new", "{}", 0).is_err());
-        assert!(store.get("old", None).unwrap().is_some());
-        assert_eq!(store.get("new", None).unwrap(), None);
+        assert_eq!(store.replace_if("k", b"{}", "{\"a\":1}", 60).unwrap(), Compared::Gone);
+        assert_eq!(store.get("k", None).unwrap(), None);
+        store.set("k", "{}", 60).unwrap();
+        assert_eq!(store.replace_if("k", b"{}", "{\"a\":1}", 60).unwrap(), Compared::Done);
+        assert_eq!(
+            store.replace_if("k", b"{}", "{\"b\":2}", 60).unwrap(),
+            Compared::Changed(Bytes::from_static(b"{\"a\":1}"))
+        );
+        assert_eq!(store.get("k", None).unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert!(store.replace_if("k", b"{\"a\":1}", "{}", 0).is_err());
+        assert_eq!(store.get("k", None).unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+    }
+
+    #[test]
+    fn delete_if_compares_and_deletes() {
+        let store = MemoryStore::new();
+        assert_eq!(store.delete_if("k", b"{}"), Compared::Gone);
+        store.set("k", "{\"a\":1}", 60).unwrap();
+        assert_eq!(store.delete_if("k", b"{}"), Compared::Changed(Bytes::from_static(b"{\"a\":1}")));
+        assert!(store.get("k", None).unwrap().is_some());
+        assert_eq!(store.delete_if("k", b"{\"a\":1}"), Compared::Done);
+        assert_eq!(store.get("k", None).unwrap(), None);
     }
 
     #[test]

@@ -3,16 +3,21 @@
 //!
 //! The store works on whole keys (`key_prefix + id` is built by the caller) and stores the
 //! session's JSON text exactly as `remix-upstash-session` does: `SET key value EX ttl`, read back
-//! with `GET`, or `GETEX key EX ttl` when reads refresh the TTL (`rolling = true`).
+//! with `GET`, or `GETEX key EX ttl` when reads refresh the TTL (`rolling = true`). Writes of a
+//! session that was read are conditional ([`Store::replace_if`], [`Store::delete_if`]: the key
+//! must still hold the text that was read), new sessions are created only where no key is
+//! (`NX`), and every command touches one key, so all of it works on Redis Cluster.
 //!
 //! Every call ends within `StoreConfig::timeout`, whether the backend is down, stalled or slow;
 //! failures come back as a [`StoreError`] whose [`kind`](StoreError::kind) is a bounded metrics
 //! label. Errors never carry session values or the store password.
 
+mod compared;
 mod error;
 pub mod memory;
 pub mod redis;
 
+pub use compared::Compared;
 pub use error::StoreError;
 
 use bytes::Bytes;
@@ -48,11 +53,42 @@ impl Store {
         }
     }
 
-    /// `SET key value EX ttl_secs`.
+    /// `SET key value EX ttl_secs`, unconditionally.
     pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
         match self {
             Store::Memory(store) => store.set(key, value, ttl_secs),
             Store::Redis(store) => store.set(key, value, ttl_secs).await,
+        }
+    }
+
+    /// `SET key value EX ttl_secs NX`: `Ok(false)` when the key exists (nothing written).
+    pub async fn create(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(store) => store.create(key, value, ttl_secs),
+            Store::Redis(store) => store.create(key, value, ttl_secs).await,
+        }
+    }
+
+    /// Replaces `key`'s value with `value` (TTL `ttl_secs`) only if it still holds exactly
+    /// `expected`, atomically.
+    pub async fn replace_if(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &str,
+        ttl_secs: u64,
+    ) -> Result<Compared, StoreError> {
+        match self {
+            Store::Memory(store) => store.replace_if(key, expected, value, ttl_secs),
+            Store::Redis(store) => store.replace_if(key, expected, value, ttl_secs).await,
+        }
+    }
+
+    /// Deletes `key` only if it still holds exactly `expected`, atomically.
+    pub async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<Compared, StoreError> {
+        match self {
+            Store::Memory(store) => Ok(store.delete_if(key, expected)),
+            Store::Redis(store) => store.delete_if(key, expected).await,
         }
     }
 
@@ -64,25 +100,6 @@ impl Store {
                 Ok(())
             }
             Store::Redis(store) => store.del(key).await,
-        }
-    }
-
-    /// Regenerate: write the new key and delete the old in one round trip; `Ok` only when both
-    /// succeeded. With `old_key == new_key` this is a plain `set` (a delete after the write would
-    /// destroy the session just written).
-    pub async fn rename_with(
-        &self,
-        old_key: &str,
-        new_key: &str,
-        value: &str,
-        ttl_secs: u64,
-    ) -> Result<(), StoreError> {
-        if old_key == new_key {
-            return self.set(new_key, value, ttl_secs).await;
-        }
-        match self {
-            Store::Memory(store) => store.rename_with(old_key, new_key, value, ttl_secs),
-            Store::Redis(store) => store.rename_with(old_key, new_key, value, ttl_secs).await,
         }
     }
 
@@ -140,11 +157,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rename_with_same_key_keeps_the_session() {
+    async fn conditional_writes_through_the_enum() {
         let store = Store::connect(&memory_config()).await.unwrap();
-        store.set("k", "{}", 60).await.unwrap();
-        store.rename_with("k", "k", "{\"b\":2}", 60).await.unwrap();
-        assert_eq!(store.get("k", None).await.unwrap().as_deref(), Some(&b"{\"b\":2}"[..]));
+        assert!(store.create("k", "{}", 60).await.unwrap());
+        assert!(!store.create("k", "{\"x\":1}", 60).await.unwrap());
+        assert_eq!(store.replace_if("k", b"{}", "{\"b\":2}", 60).await.unwrap(), Compared::Done);
+        assert_eq!(
+            store.delete_if("k", b"{}").await.unwrap(),
+            Compared::Changed(Bytes::from_static(b"{\"b\":2}"))
+        );
+        assert_eq!(store.delete_if("k", b"{\"b\":2}").await.unwrap(), Compared::Done);
+        assert_eq!(store.replace_if("k", b"{\"b\":2}", "{}", 60).await.unwrap(), Compared::Gone);
     }
 
     #[tokio::test]

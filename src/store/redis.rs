@@ -35,15 +35,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::clients::{Client, Pool};
 use fred::error::{Error as FredError, ErrorKind};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface};
 use fred::types::config::{Config as FredConfig, Options, ReconnectPolicy, TlsConfig};
-use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, Value};
+use fred::types::scripts::Script;
+use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use super::compared::Compared;
 use super::error::StoreError;
 use crate::boxed::pin_in_place;
 use crate::config::StoreConfig;
@@ -105,6 +107,8 @@ struct Inner {
     belt: Duration,
     /// Notices connections that fred still counts as up but that stopped answering.
     stalls: StallWatch,
+    /// The conditional-write scripts, with their SHA1 digests computed once.
+    scripts: Scripts,
     /// Round-robin cursor over the pooled clients (the store picks the client itself, to know
     /// which connection a timeout belongs to).
     next_client: AtomicUsize,
@@ -206,6 +210,7 @@ impl RedisStore {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 stalls: StallWatch::new(pool.size(), stall_limit),
+                scripts: Scripts::new(),
                 pool,
                 belt: cfg.timeout + TIMEOUT_BELT_SLACK,
                 next_client: AtomicUsize::new(0),
@@ -246,44 +251,71 @@ impl RedisStore {
         expect_reply("DEL", &reply, is_integer)
     }
 
-    /// `SET new_key value EX ttl_secs` and `DEL old_key` in one pipeline (one round trip); `Ok`
-    /// only when both succeeded.
-    ///
-    /// A pipeline rather than MULTI/EXEC: fred's transactions need its `transactions` feature
-    /// and read the EXEC reply inside the router task, where a stalled server would hold up
-    /// every other command on that client. The pipeline is sent only on a connected client
-    /// (`fail_fast`): fred does not mark a timed-out pipeline, so a queued one could otherwise
-    /// run after Redis returns and delete a session whose regeneration was reported failed.
-    pub async fn rename_with(
+    /// `SET key value EX ttl_secs NX`: `Ok(false)` when the key exists.
+    pub async fn create(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, StoreError> {
+        let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
+        let (index, client) = self.pick();
+        let reply = self
+            .call(
+                index,
+                pin_in_place(|| client.set::<Value, _, _>(key, value, expire, Some(SetOptions::NX), false)),
+            )
+            .await?;
+        match reply {
+            Value::Null => Ok(false),
+            reply => expect_reply("SET", &reply, Value::is_ok).map(|()| true),
+        }
+    }
+
+    /// The `REPLACE_IF` script: `key` gets `value` only if it still holds `expected`.
+    pub async fn replace_if(
         &self,
-        old_key: &str,
-        new_key: &str,
+        key: &str,
+        expected: &[u8],
         value: &str,
         ttl_secs: u64,
-    ) -> Result<(), StoreError> {
-        let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
-        let only_when_connected = Options { fail_fast: true, ..Options::default() };
+    ) -> Result<Compared, StoreError> {
+        let args = vec![
+            Value::Bytes(Bytes::copy_from_slice(expected)),
+            Value::from(value),
+            Value::Integer(ttl_arg(ttl_secs)?),
+        ];
+        // A retry after a lost reply finds the value it wrote and reports it changed, which the
+        // session layer recognises as its own change: fred's retries stay safe.
+        compared(self.script(&self.inner.scripts.replace_if, key, args, None).await?)
+    }
+
+    /// The `DELETE_IF` script: `key` is deleted only if it still holds `expected`.
+    pub async fn delete_if(&self, key: &str, expected: &[u8]) -> Result<Compared, StoreError> {
+        let args = vec![Value::Bytes(Bytes::copy_from_slice(expected))];
+        // Sent once: a retry after a lost reply would find the key gone (deleted by the first
+        // try) and report the session moved away, undoing a regenerate that happened.
+        let once = Options { max_attempts: Some(1), ..Options::default() };
+        compared(self.script(&self.inner.scripts.delete_if, key, args, Some(once)).await?)
+    }
+
+    /// Runs a script on `key` with `EVALSHA`, and with `EVAL` (which also loads it) when the
+    /// server does not have it (`NOSCRIPT`: first use, or after a restart or failover).
+    async fn script(
+        &self,
+        script: &Script,
+        key: &str,
+        args: Vec<Value>,
+        options: Option<Options>,
+    ) -> Result<Value, StoreError> {
         let (index, client) = self.pick();
-        let pipeline = client.pipeline().with_options(&only_when_connected);
-        // These only buffer the commands (they answer at once); `try_all` sends them.
-        Box::pin(pipeline.set::<(), _, _>(new_key, value, expire, None, false))
-            .await
-            .map_err(|err| self.fred_error(index, &err))?;
-        Box::pin(pipeline.del::<(), _>(old_key)).await.map_err(|err| self.fred_error(index, &err))?;
-        let belt = self.inner.belt;
-        let sent = Box::pin(async move {
-            match tokio::time::timeout(belt, pipeline.try_all::<Value>()).await {
-                Ok(replies) => replies.into_iter().collect::<Result<Vec<Value>, FredError>>(),
-                Err(_elapsed) => Err(FredError::new(ErrorKind::Timeout, "no reply within the store timeout")),
+        let client = client.with_options(&options.unwrap_or_default());
+        let sha = script.sha1().clone();
+        let lua = script.lua().cloned().unwrap_or_default();
+        let run = pin_in_place(|| async move {
+            match client.evalsha::<Value, _, _, _>(sha, key, args.clone()).await {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    client.eval::<Value, _, _, _>(lua, key, args).await
+                }
+                reply => reply,
             }
         });
-        match self.call(index, sent).await?.as_slice() {
-            [set, del] => {
-                expect_reply("SET", set, Value::is_ok)?;
-                expect_reply("DEL", del, is_integer)
-            }
-            _ => Err(StoreError::Command("unexpected number of replies to SET and DEL".to_owned())),
-        }
+        self.call(index, run).await
     }
 
     /// `PING`.
@@ -466,6 +498,50 @@ fn classify(kind: &ErrorKind, connected: bool) -> Failure {
         ErrorKind::Config | ErrorKind::Url => Failure::Config,
         // Unknown is also what fred uses for most server error replies (OOM, ERR ...).
         _ => Failure::Command,
+    }
+}
+
+/// Compare-and-set, atomic in Redis: `KEYS[1]` gets `ARGV[2]` with `EX ARGV[3]` only if it
+/// still holds exactly `ARGV[1]`. Answers 1 when written, the current value when it differs
+/// (so a retry needs no extra GET), nil when the key is gone.
+const REPLACE_IF: &str = r"local current = redis.call('GET', KEYS[1])
+if not current then return false end
+if current ~= ARGV[1] then return current end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1";
+
+/// Compare-and-delete: `KEYS[1]` is deleted only if it still holds exactly `ARGV[1]`; the
+/// answers are [`REPLACE_IF`]'s.
+const DELETE_IF: &str = r"local current = redis.call('GET', KEYS[1])
+if not current then return false end
+if current ~= ARGV[1] then return current end
+redis.call('DEL', KEYS[1])
+return 1";
+
+/// The store's scripts. Each touches one key, so Redis Cluster routes it by that key.
+struct Scripts {
+    replace_if: Script,
+    delete_if: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts { replace_if: Script::from_lua(REPLACE_IF), delete_if: Script::from_lua(DELETE_IF) }
+    }
+}
+
+/// A conditional script's answer.
+fn compared(reply: Value) -> Result<Compared, StoreError> {
+    match reply {
+        Value::Integer(1) => Ok(Compared::Done),
+        Value::Null => Ok(Compared::Gone),
+        reply => match reply.into_bytes() {
+            Some(current) => Ok(Compared::Changed(current)),
+            // The reply itself is not included: it could echo a session value.
+            None => Err(StoreError::Command(
+                "unexpected reply to a conditional write: not a Redis answer".to_owned(),
+            )),
+        },
     }
 }
 
@@ -794,10 +870,16 @@ mod tests {
         assert_eq!(set.unwrap_err().kind(), "command");
         let del = tokio::time::timeout(guard, store.del("k")).await.expect("the call must end");
         assert_eq!(del.unwrap_err().kind(), "command");
-        let moved = tokio::time::timeout(guard, store.rename_with("a", "b", "{}", 60))
+        let created =
+            tokio::time::timeout(guard, store.create("k", "{}", 60)).await.expect("the call must end");
+        assert_eq!(created.unwrap_err().kind(), "command");
+        let replaced = tokio::time::timeout(guard, store.replace_if("k", b"{}", "{}", 60))
             .await
             .expect("the call must end");
-        assert_eq!(moved.unwrap_err().kind(), "command");
+        assert_eq!(replaced.unwrap_err().kind(), "command");
+        let deleted =
+            tokio::time::timeout(guard, store.delete_if("k", b"{}")).await.expect("the call must end");
+        assert_eq!(deleted.unwrap_err().kind(), "command");
         tokio::time::timeout(guard, store.shutdown()).await.expect("shutdown must end");
         echo.abort();
     }
@@ -817,7 +899,7 @@ mod tests {
             .expect("the call must end on its own");
         let err = result.unwrap_err();
         assert!(matches!(err.kind(), "unavailable" | "timeout"), "{err}");
-        let failed = tokio::time::timeout(Duration::from_secs(10), store.rename_with("a", "b", "{}", 60))
+        let failed = tokio::time::timeout(Duration::from_secs(10), store.replace_if("a", b"{}", "{}", 60))
             .await
             .expect("the call must end on its own");
         assert!(failed.is_err());

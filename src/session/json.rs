@@ -1,0 +1,597 @@
+//! Session values as JavaScript holds them: what `JSON.parse` builds and `JSON.stringify`
+//! writes, so that every text the proxy stores is the text a Remix app sharing the store would
+//! write for the same object. On that model, the edits of DESIGN.md's "Concurrent requests":
+//! a response's change against what its upstream was sent ([`Change`]), applied to the session
+//! as it is now, and RFC 7386 merge patches ([`JsObject::merge_patch`]).
+//!
+//! What JavaScript does and this module does too:
+//! - object keys keep their insertion order, except that array-index keys (`"0"`, `"42"`, ...)
+//!   come first in ascending order; assigning an existing key keeps its position; a repeated
+//!   key in a text keeps its first position and its last value;
+//! - numbers are kept as JS prints the double they parse to (`1.0` → `1`, `1e21` → `1e+21`,
+//!   `-0` → `0`, `12345678901234567890` → `12345678901234567000`), from the literal text with
+//!   correct rounding;
+//! - text is written compact, non-ASCII as raw UTF-8, control characters escaped as
+//!   `JSON.stringify` does.
+//!
+//! Refused rather than written differently: strings with a lone surrogate escape, numbers that
+//! overflow a double (`1e400`, which JS turns into `null`), nesting deeper than 128.
+
+use std::cell::Cell;
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// A JSON value as JavaScript holds it. Equality is JSON value equality: objects compare
+/// without regard to key order, numbers by the double they denote.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Js {
+    Null,
+    Bool(bool),
+    /// As JS prints it, which is one text per double: equal numbers have equal texts.
+    Number(Box<str>),
+    String(String),
+    Array(Vec<Js>),
+    Object(JsObject),
+}
+
+/// A JSON object with JavaScript's key order (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct JsObject(IndexMap<String, Js>);
+
+/// Why a text is not JSON that JavaScript would read back the same. Never holds the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not valid JSON (near column {column})")]
+pub(crate) struct NotJson {
+    pub column: usize,
+}
+
+impl Js {
+    /// `JSON.parse(text)`.
+    pub(crate) fn parse(text: &str) -> Result<Js, NotJson> {
+        // serde_json hands numbers to a visitor as already-rounded doubles (and, without its
+        // `float_roundtrip` feature, not always correctly rounded), so each number is taken
+        // from its literal in the text instead: the n-th number visited is the n-th literal.
+        let literals = number_literals(text);
+        let seen = Cell::new(0);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let value = JsSeed { literals: &literals, seen: &seen }
+            .deserialize(&mut de)
+            .and_then(|value| de.end().map(|()| value))
+            .map_err(|e| NotJson { column: e.column() })?;
+        if seen.get() != literals.len() {
+            // Unreachable for text serde_json accepted; refuse rather than keep wrong numbers.
+            return Err(NotJson { column: 0 });
+        }
+        Ok(value)
+    }
+
+    /// The object in `text`, or `None` when it is not JSON or not an object.
+    pub(crate) fn parse_object(text: &[u8]) -> Option<JsObject> {
+        match Js::parse(std::str::from_utf8(text).ok()?) {
+            Ok(Js::Object(object)) => Some(object),
+            _ => None,
+        }
+    }
+
+    /// What `typeof` would call it, for messages.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Js::Null => "null",
+            Js::Bool(_) => "boolean",
+            Js::Number(_) => "number",
+            Js::String(_) => "string",
+            Js::Array(_) => "array",
+            Js::Object(_) => "object",
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            Js::Null => out.push_str("null"),
+            Js::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Js::Number(n) => out.push_str(n),
+            Js::String(s) => write_string(out, s),
+            Js::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Js::Object(object) => object.write(out),
+        }
+    }
+}
+
+/// Appends `JSON.stringify(s)`: serde_json's escaping is exactly JavaScript's (quotes,
+/// backslashes, `\b \f \n \r \t`, other control characters as lowercase `\u00xx`).
+fn write_string(out: &mut String, s: &str) {
+    // Serializing a `str` into a `String` cannot fail.
+    if let Ok(quoted) = serde_json::to_string(s) {
+        out.push_str(&quoted);
+    }
+}
+
+impl JsObject {
+    pub(crate) fn new() -> JsObject {
+        JsObject::default()
+    }
+
+    /// `object[key] = value`: an existing key keeps its position; a new one goes last, or
+    /// among the leading array-index keys in ascending order.
+    pub(crate) fn insert(&mut self, key: String, value: Js) {
+        if let Some(slot) = self.0.get_mut(&key) {
+            *slot = value;
+            return;
+        }
+        match array_index(&key) {
+            Some(n) => {
+                let at =
+                    self.0.keys().position(|k| array_index(k).is_none_or(|m| m > n)).unwrap_or(self.0.len());
+                self.0.shift_insert(at, key, value);
+            }
+            None => {
+                self.0.insert(key, value);
+            }
+        }
+    }
+
+    /// `delete object[key]`: the other keys keep their order.
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Js> {
+        self.0.shift_remove(key)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&Js> {
+        self.0.get(key)
+    }
+
+    /// `JSON.stringify(object)`.
+    pub(crate) fn to_text(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) {
+        out.push('{');
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_string(out, key);
+            out.push(':');
+            value.write(out);
+        }
+        out.push('}');
+    }
+
+    /// Applies an RFC 7386 merge patch: keys of the patch are set, objects merged key by key,
+    /// `null` removes a key. Returns whether anything changed.
+    pub(crate) fn merge_patch(&mut self, patch: &JsObject) -> bool {
+        let mut changed = false;
+        for (key, value) in &patch.0 {
+            match value {
+                Js::Null => changed |= self.remove(key).is_some(),
+                Js::Object(inner) => match self.0.get_mut(key) {
+                    Some(Js::Object(target)) => changed |= target.merge_patch(inner),
+                    _ => {
+                        let mut target = JsObject::new();
+                        target.merge_patch(inner);
+                        self.insert(key.clone(), Js::Object(target));
+                        changed = true;
+                    }
+                },
+                value => {
+                    if self.0.get(key) != Some(value) {
+                        self.insert(key.clone(), value.clone());
+                        changed = true;
+                    }
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// What a response changed in the session, against what its upstream was sent: the keys added,
+/// changed (to any value, `null` included) or removed, recursing into objects both sides have;
+/// arrays and other values count whole.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Change(Vec<(String, Edit)>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Edit {
+    Set(Js),
+    Remove,
+    /// An object both sides have, changed inside; `whole` is the new value, for a session in
+    /// which that key no longer holds an object.
+    Inside {
+        change: Change,
+        whole: JsObject,
+    },
+}
+
+impl Change {
+    /// `after` against `before`.
+    pub(crate) fn between(before: &JsObject, after: &JsObject) -> Change {
+        let mut edits = Vec::new();
+        for (key, value) in &after.0 {
+            match (before.0.get(key), value) {
+                (Some(old), new) if old == new => {}
+                (Some(Js::Object(old)), Js::Object(new)) => edits.push((
+                    key.clone(),
+                    Edit::Inside { change: Change::between(old, new), whole: new.clone() },
+                )),
+                (_, new) => edits.push((key.clone(), Edit::Set(new.clone()))),
+            }
+        }
+        for key in before.0.keys() {
+            if !after.0.contains_key(key) {
+                edits.push((key.clone(), Edit::Remove));
+            }
+        }
+        Change(edits)
+    }
+
+    /// Makes the same change to `target`, the session as it is now. Returns whether anything
+    /// changed (the change may be there already).
+    pub(crate) fn apply(&self, target: &mut JsObject) -> bool {
+        let mut changed = false;
+        for (key, edit) in &self.0 {
+            match edit {
+                Edit::Set(value) => {
+                    if target.get(key) != Some(value) {
+                        target.insert(key.clone(), value.clone());
+                        changed = true;
+                    }
+                }
+                Edit::Remove => changed |= target.remove(key).is_some(),
+                Edit::Inside { change, whole } => match target.0.get_mut(key) {
+                    Some(Js::Object(inner)) => changed |= change.apply(inner),
+                    _ => {
+                        target.insert(key.clone(), Js::Object(whole.clone()));
+                        changed = true;
+                    }
+                },
+            }
+        }
+        changed
+    }
+}
+
+/// Builds a [`Js`] as `JSON.parse` builds a JS value, taking each number from its literal.
+#[derive(Clone, Copy)]
+struct JsSeed<'a> {
+    literals: &'a [&'a str],
+    /// How many numbers have been visited.
+    seen: &'a Cell<usize>,
+}
+
+impl JsSeed<'_> {
+    fn number<E: serde::de::Error>(self) -> Result<Js, E> {
+        let n = self.seen.get();
+        self.seen.set(n + 1);
+        let literal = self.literals.get(n).ok_or_else(|| E::custom("number out of place"))?;
+        match js_number_literal(literal) {
+            Some(text) => Ok(Js::Number(text.into())),
+            // JS turns it into `null`, which would change the value: refused.
+            None => Err(E::custom("number out of range")),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for JsSeed<'_> {
+    type Value = Js;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Js, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsSeed<'_> {
+    type Value = Js;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Js, E> {
+        Ok(Js::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Js, E> {
+        self.number()
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Js, E> {
+        self.number()
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Js, E> {
+        self.number()
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Js, E> {
+        Ok(Js::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Js, E> {
+        Ok(Js::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Js, E> {
+        Ok(Js::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Js, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Js::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Js, A::Error> {
+        let mut object = JsObject::new();
+        while let Some(key) = access.next_key::<String>()? {
+            let value = access.next_value_seed(self)?;
+            object.insert(key, value);
+        }
+        Ok(Js::Object(object))
+    }
+}
+
+/// The array index a key denotes in JS (canonical decimal, 0 ..= 2^32 - 2), if any. JS objects
+/// list such keys before all others, in ascending numeric order.
+fn array_index(key: &str) -> Option<u32> {
+    let bytes = key.as_bytes();
+    let canonical = match bytes {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.len() < 10 && rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    key.parse::<u32>().ok().filter(|&n| n != u32::MAX)
+}
+
+/// The number literals of valid JSON text, in order. Outside strings, and only there, a number
+/// is a run of `-0-9.eE+` starting with `-` or a digit.
+fn number_literals(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut literals = Vec::new();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while bytes
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                {
+                    i += 1;
+                }
+                if let Some(literal) = text.get(start..i) {
+                    literals.push(literal);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    literals
+}
+
+/// Decimal literals with at most this many digits are integers a double holds exactly, which
+/// JS prints unchanged: no need to go through `f64`.
+const EXACT_INTEGER_DIGITS: usize = 15;
+
+/// How JS prints the number a JSON literal parses to (`JSON.stringify(JSON.parse(literal))`),
+/// or `None` for one that overflows a double (JS would write `null`).
+fn js_number_literal(literal: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let digits = literal.strip_prefix('-').unwrap_or(literal);
+    if digits.len() <= EXACT_INTEGER_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(if digits == "0" { "0".into() } else { literal.into() });
+    }
+    match literal.parse::<f64>() {
+        Ok(x) if x.is_finite() => Some(js_number_to_string(x).into()),
+        _ => None,
+    }
+}
+
+/// ECMAScript `Number::toString(x)` (radix 10) for a finite double: the shortest digits that
+/// round-trip (Rust's `{:e}` gives those, as V8 does), laid out by the spec's rules: plain
+/// below 1e21, `0.000001`-style down to 1e-6, exponential (`1e+21`, `1.5e-7`) beyond.
+fn js_number_to_string(x: f64) -> String {
+    if x == 0.0 {
+        return "0".to_owned(); // both zeros
+    }
+    let scientific = format!("{:e}", x.abs());
+    let Some((mantissa, exponent)) = scientific.split_once('e') else {
+        return x.to_string();
+    };
+    let Ok(exponent) = exponent.parse::<i32>() else {
+        return x.to_string();
+    };
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let k = i32::try_from(digits.len()).unwrap_or(i32::MAX);
+    let n = exponent + 1; // position of the decimal point relative to the digits
+    let mut out = String::with_capacity(digits.len() + 8);
+    if x < 0.0 {
+        out.push('-');
+    }
+    let zeros = |count: i32| "0".repeat(usize::try_from(count).unwrap_or(0));
+    if k <= n && n <= 21 {
+        out.push_str(&digits);
+        out.push_str(&zeros(n - k));
+    } else if 0 < n && n <= 21 {
+        let (int, frac) = digits.split_at(usize::try_from(n).unwrap_or(0));
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    } else if -6 < n && n <= 0 {
+        out.push_str("0.");
+        out.push_str(&zeros(-n));
+        out.push_str(&digits);
+    } else {
+        let (first, rest) = digits.split_at(1.min(digits.len()));
+        out.push_str(first);
+        if !rest.is_empty() {
+            out.push('.');
+            out.push_str(rest);
+        }
+        let e = n - 1;
+        out.push('e');
+        out.push(if e < 0 { '-' } else { '+' });
+        out.push_str(&e.unsigned_abs().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(text: &str) -> JsObject {
+        match Js::parse(text) {
+            Ok(Js::Object(o)) => o,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    fn text(o: &JsObject) -> String {
+        o.to_text()
+    }
+
+    #[test]
+    fn js_number_to_string_layouts() {
+        assert_eq!(js_number_to_string(0.0), "0");
+        assert_eq!(js_number_to_string(-0.0), "0");
+        assert_eq!(js_number_to_string(123456789.0), "123456789");
+        assert_eq!(js_number_to_string(1.5e300), "1.5e+300");
+        assert_eq!(js_number_to_string(-1e-300), "-1e-300");
+        assert_eq!(js_number_to_string(0.5), "0.5");
+        assert_eq!(js_number_to_string(1e21), "1e+21");
+        assert_eq!(js_number_to_string(999999999999999900000.0), "999999999999999900000");
+        assert_eq!(js_number_to_string(1.2345e-6), "0.0000012345");
+        assert_eq!(js_number_to_string(f64::MIN_POSITIVE), "2.2250738585072014e-308");
+    }
+
+    #[test]
+    fn array_index_recognition() {
+        assert_eq!(array_index("0"), Some(0));
+        assert_eq!(array_index("42"), Some(42));
+        assert_eq!(array_index("4294967294"), Some(4294967294));
+        for not in ["", "-0", "-1", "01", "1.0", "1e3", "4294967295", "99999999999", "a1", " 1"] {
+            assert_eq!(array_index(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn equality_is_json_value_equality() {
+        assert_eq!(
+            object(r#"{"a":1,"b":{"x":[1,2],"y":null}}"#),
+            object(r#"{"b":{"y":null,"x":[1,2]},"a":1.0}"#)
+        );
+        assert_ne!(object(r#"{"a":[1,2]}"#), object(r#"{"a":[2,1]}"#));
+        assert_ne!(object(r#"{"a":1}"#), object(r#"{"a":"1"}"#));
+        assert_ne!(object(r#"{"a":null}"#), object("{}"));
+    }
+
+    #[test]
+    fn insert_and_remove_keep_js_key_order() {
+        let mut o = object(r#"{"b":1,"a":2}"#);
+        o.insert("b".into(), Js::Bool(true));
+        o.insert("c".into(), Js::Null);
+        o.insert("7".into(), Js::Null);
+        o.insert("2".into(), Js::Null);
+        o.insert("10".into(), Js::Null);
+        assert_eq!(text(&o), r#"{"2":null,"7":null,"10":null,"b":true,"a":2,"c":null}"#);
+        assert!(o.remove("b").is_some());
+        assert!(o.remove("nope").is_none());
+        assert_eq!(text(&o), r#"{"2":null,"7":null,"10":null,"a":2,"c":null}"#);
+    }
+
+    #[test]
+    fn change_is_what_was_added_changed_or_removed() {
+        let sent = object(r#"{"keep":1,"gone":2,"same":{"x":1},"deep":{"x":1,"y":2},"arr":[1]}"#);
+        let update =
+            object(r#"{"keep":1,"same":{"x":1},"deep":{"x":1,"y":3,"z":null},"arr":[1,2],"new":null}"#);
+        let change = Change::between(&sent, &update);
+        assert_ne!(change, Change::default());
+        // Applied to what was sent, it gives the update (as a value).
+        let mut again = sent.clone();
+        assert!(change.apply(&mut again));
+        assert_eq!(again, update);
+        // Applied to a session another request changed meanwhile, both changes survive.
+        let mut current =
+            object(r#"{"keep":1,"gone":2,"same":{"x":1},"deep":{"x":1,"y":2,"w":9},"arr":[1],"other":true}"#);
+        assert!(change.apply(&mut current));
+        assert_eq!(
+            text(&current),
+            r#"{"keep":1,"same":{"x":1},"deep":{"x":1,"y":3,"w":9,"z":null},"arr":[1,2],"other":true,"new":null}"#
+        );
+        // Applied twice, the second time changes nothing.
+        assert!(!change.apply(&mut current));
+        // Nothing changed: an empty change.
+        assert_eq!(Change::between(&sent, &sent.clone()), Change::default());
+    }
+
+    #[test]
+    fn a_change_inside_an_object_that_is_gone_sets_the_whole_object() {
+        let change = Change::between(&object(r#"{"o":{"a":1}}"#), &object(r#"{"o":{"a":1,"b":2}}"#));
+        let mut current = object(r#"{"o":"replaced"}"#);
+        assert!(change.apply(&mut current));
+        assert_eq!(text(&current), r#"{"o":{"a":1,"b":2}}"#);
+        let mut current = object("{}");
+        assert!(change.apply(&mut current));
+        assert_eq!(text(&current), r#"{"o":{"a":1,"b":2}}"#);
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // The examples of RFC 7386, section 3 (objects only: a session is an object).
+        let cases = [
+            (r#"{"a":"b"}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"b":"c"}"#, r#"{"a":"b","b":"c"}"#),
+            (r#"{"a":"b"}"#, r#"{"a":null}"#, r#"{}"#),
+            (r#"{"a":"b","b":"c"}"#, r#"{"a":null}"#, r#"{"b":"c"}"#),
+            (r#"{"a":["b"]}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
+            (r#"{"a":"c"}"#, r#"{"a":["b"]}"#, r#"{"a":["b"]}"#),
+            (r#"{"a":{"b":"c"}}"#, r#"{"a":{"b":"d","c":null}}"#, r#"{"a":{"b":"d"}}"#),
+            (r#"{"a":[{"b":"c"}]}"#, r#"{"a":[1]}"#, r#"{"a":[1]}"#),
+            (r#"{"e":null}"#, r#"{"a":1}"#, r#"{"e":null,"a":1}"#),
+            (r#"{}"#, r#"{"a":{"bb":{"ccc":null}}}"#, r#"{"a":{"bb":{}}}"#),
+        ];
+        for (target, patch, result) in cases {
+            let mut o = object(target);
+            let changed = o.merge_patch(&object(patch));
+            assert_eq!(text(&o), result, "{target} + {patch}");
+            assert_eq!(changed, target != result, "{target} + {patch}");
+        }
+    }
+
+    #[test]
+    fn parse_refuses_what_js_would_write_differently() {
+        for bad in [r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, "{", "{\"a\":1} x", ""] {
+            assert!(Js::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Js::parse_object(b"[1]"), None);
+        assert_eq!(Js::parse_object(b"\xff"), None);
+        assert_eq!(Js::parse("[]").map(|v| v.kind()), Ok("array"));
+    }
+}
