@@ -138,6 +138,69 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Enables the session management endpoints of the admin listener.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// `server.admin_token`: the bearer token of the session management endpoints. Never shown:
+/// `Debug` prints `***`, and no error message quotes it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An RFC 6901 JSON pointer (`/user/id`) into a session, its reference tokens unescaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonPointer {
+    /// As written in the config (the index key and log lines use it).
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl JsonPointer {
+    /// Parses a pointer: `/` then tokens separated by `/`, with `~1` for `/` and `~0` for `~`.
+    /// The whole document (the empty pointer) is not a place a value can be taken from.
+    pub fn parse(text: &str) -> Result<JsonPointer, &'static str> {
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err("must be a JSON pointer starting with '/', such as \"/user/id\"");
+        };
+        let mut tokens = Vec::new();
+        for raw in rest.split('/') {
+            let mut token = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '~') {
+                    (_, false) => token.push(c),
+                    (_, true) => match chars.next() {
+                        Some('0') => token.push('~'),
+                        Some('1') => token.push('/'),
+                        _ => return Err("has a '~' that is not '~0' or '~1' (RFC 6901 escapes)"),
+                    },
+                }
+            }
+            tokens.push(token);
+        }
+        Ok(JsonPointer { text: text.to_owned(), tokens })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The reference tokens, unescaped, in order.
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +270,8 @@ pub struct SessionConfig {
     /// Largest update header value accepted, in bytes as received.
     pub max_bytes: usize,
     pub on_store_error: OnStoreError,
+    /// Keep an index of live sessions by the value at this pointer (`session.index`).
+    pub index: Option<JsonPointer>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +356,7 @@ impl fmt::Debug for SessionConfig {
             .field("patch_header", &self.patch_header)
             .field("max_bytes", &self.max_bytes)
             .field("on_store_error", &self.on_store_error)
+            .field("index", &self.index)
             .finish()
     }
 }
@@ -547,6 +613,7 @@ struct ServerShape {
     admin_listen: Option<String>,
     upstream_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    admin_token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -579,6 +646,7 @@ struct SessionShape {
     patch_header: Option<String>,
     max_bytes: Option<u64>,
     on_store_error: Option<String>,
+    index: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -666,7 +734,30 @@ fn server_config(shape: ServerShape) -> Result<ServerConfig, ConfigError> {
             shape.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
             "server.shutdown_grace_ms",
         )?,
+        admin_token: admin_token(shape.admin_token, admin_listen.is_some())?,
     })
+}
+
+/// Visible ASCII, so that it fits an `Authorization` header as it is; never echoed.
+fn admin_token(token: Option<String>, admin_listen: bool) -> Result<Option<AdminToken>, ConfigError> {
+    let Some(token) = token else { return Ok(None) };
+    const KEY: &str = "server.admin_token";
+    if token.is_empty() {
+        return Err(invalid(KEY, "must not be empty (leave the key out to disable the session endpoints)"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            KEY,
+            "must be printable ASCII without spaces (it travels in an Authorization header)",
+        ));
+    }
+    if !admin_listen {
+        return Err(invalid(
+            KEY,
+            "is set but server.admin_listen is not: the session endpoints are served there",
+        ));
+    }
+    Ok(Some(AdminToken(token)))
 }
 
 fn socket_addr(text: &str, key: &str) -> Result<SocketAddr, ConfigError> {
@@ -795,6 +886,10 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
             Some(text) => on_store_error(&text)?,
             None => DEFAULT_ON_STORE_ERROR,
         },
+        index: shape
+            .index
+            .map(|text| JsonPointer::parse(&text).map_err(|reason| invalid("session.index", reason)))
+            .transpose()?,
     })
 }
 
@@ -1678,6 +1773,42 @@ upstream = "http://h:2"
         let missing = dir.path().join("nope.toml");
         let message = load(&missing).unwrap_err().to_string();
         assert!(message.contains("nope.toml"), "{message}");
+    }
+
+    #[test]
+    fn admin_token_needs_the_admin_listener_and_is_never_shown() {
+        let with_token = |token: &str, admin: bool| {
+            let admin = if admin { "admin_listen = \"127.0.0.1:0\"\n" } else { "" };
+            replacing("[server]", &format!("[server]\n{admin}admin_token = \"{token}\""))
+        };
+        let config = parse(&with_token("s3cret-token-value", true));
+        let token = config.server.admin_token.clone().expect("a token");
+        assert_eq!(token.as_bytes(), b"s3cret-token-value");
+        assert!(!format!("{config:?}").contains("s3cret-token-value"));
+        for (text, why) in [
+            (with_token("s3cret-token-value", false), "admin_listen"),
+            (with_token("", true), "empty"),
+            (with_token("has space", true), "printable"),
+        ] {
+            let message = assert_error_names(&text, "server.admin_token");
+            assert!(message.contains(why), "{message}");
+            assert!(!message.contains("s3cret") && !message.contains("has space"), "{message}");
+        }
+        assert_eq!(parse(MINIMAL).server.admin_token, None);
+    }
+
+    #[test]
+    fn index_is_a_json_pointer() {
+        let config = parse(&with("session", "index = \"/user/id\""));
+        let pointer = config.session.index.expect("an index");
+        assert_eq!(pointer.as_str(), "/user/id");
+        assert_eq!(pointer.tokens(), ["user", "id"]);
+        let escaped = JsonPointer::parse("/a~1b/c~0d/").unwrap();
+        assert_eq!(escaped.tokens(), ["a/b", "c~d", ""]);
+        for bad in ["user/id", "", "/a~2", "/a~"] {
+            assert_error_names(&with("session", &format!("index = \"{bad}\"")), "session.index");
+        }
+        assert_eq!(parse(MINIMAL).session.index, None);
     }
 
     #[test]

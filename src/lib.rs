@@ -8,7 +8,9 @@
 //!   connections (TLS, HTTP/1.1 or HTTP/2; `server::parking` parks idle HTTP/1 keep-alive
 //!   connections without buffers), reload and graceful shutdown. Hands every request to the
 //!   worker's `proxy::Proxy`.
-//! - `admin`: the admin listener's `/healthz`, `/readyz`, `/metrics`.
+//! - `admin`: the admin listener's `/healthz`, `/readyz`, `/metrics`, and the session
+//!   management endpoints.
+//! - [`manage`]: session management from the command line (`session-proxy sessions`).
 //! - `proxy`: one request: routing, hop-by-hop headers, the session seam, forwarding to the
 //!   upstream, upgrades, timeouts; `proxy::error` is the one table from failure to status
 //!   code.
@@ -25,6 +27,7 @@
 //! mimalloc as its global allocator (`src/alloc.rs`) and calls [`Server`].
 
 pub mod config;
+pub mod manage;
 pub mod metrics;
 pub mod server;
 pub mod signals;

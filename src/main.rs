@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use session_proxy::manage::Operation;
 use session_proxy::{Limits, Server};
 
 mod alloc;
@@ -14,11 +15,32 @@ mod alloc;
 #[command(version, about)]
 struct Args {
     /// Path to the config file.
-    #[arg(long, default_value = "proxy.toml")]
+    #[arg(long, default_value = "proxy.toml", global = true)]
     config: PathBuf,
     /// Validate the config (and load the TLS certificate and key) and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and revoke sessions in the store the config names (not with memory://).
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// Print a session as JSON: its id, its TTL in seconds and its data.
+    Show { id: String },
+    /// Destroy a session (log it out).
+    Revoke { id: String },
+    /// Destroy every session holding VALUE at `session.index` (log a user out everywhere).
+    RevokeIndex { value: String },
 }
 
 /// Exit status for a config that does not validate (or a certificate that does not load),
@@ -32,8 +54,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if !args.check {
         // Before the config loads, so that even a config error is a log line in the chosen
-        // format (`LOG_FORMAT=json` collectors get JSON from the first line).
-        init_logging();
+        // format (`LOG_FORMAT=json` collectors get JSON from the first line). A `sessions`
+        // command prints its answer on stdout and logs only warnings by default.
+        init_logging(if args.command.is_some() { "warn" } else { "info" });
     }
     let config = match load_and_check(&args.config) {
         Ok(c) => c,
@@ -49,6 +72,14 @@ fn main() -> ExitCode {
     if args.check {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Sessions { action }) = args.command {
+        let operation = match action {
+            SessionsAction::Show { id } => Operation::Show { id },
+            SessionsAction::Revoke { id } => Operation::Revoke { id },
+            SessionsAction::RevokeIndex { value } => Operation::RevokeIndex { value },
+        };
+        return manage(&config, operation);
     }
     // One process-wide rustls provider, in case a dependency builds a config without naming one.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -80,6 +111,28 @@ fn main() -> ExitCode {
     })
 }
 
+/// Runs a `sessions` command: its output on stdout, or why it failed on stderr (exit 1).
+fn manage(config: &session_proxy::Config, operation: Operation) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("session-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(session_proxy::manage::run(config, operation)) {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("session-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// The config, validated, with its TLS certificate and key loaded once to prove they work.
 fn load_and_check(path: &Path) -> Result<session_proxy::Config, Box<dyn std::error::Error>> {
     let config = session_proxy::config::load(path)?;
@@ -89,12 +142,12 @@ fn load_and_check(path: &Path) -> Result<session_proxy::Config, Box<dyn std::err
     Ok(config)
 }
 
-/// `RUST_LOG` sets the level (default `info`); `LOG_FORMAT=json` writes one JSON object a line.
+/// `RUST_LOG` sets the level (default `default_level`); `LOG_FORMAT=json` writes one JSON object a line.
 /// Text logs are coloured only on a terminal: escape codes would litter files and journald.
-fn init_logging() {
+fn init_logging(default_level: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -80,6 +80,7 @@ pub struct Metrics {
     sessions: Family<EventLabels, Counter>,
     conflicts: Family<OutcomeLabels, Counter>,
     writes_skipped: Counter,
+    admin_unauthorized: Counter,
     cookies_rejected: Counter,
     forged_headers: Counter,
     open_connections: Gauge,
@@ -147,6 +148,12 @@ impl Metrics {
             "Session updates and patches that changed nothing, so wrote nothing",
             writes_skipped.clone(),
         );
+        let admin_unauthorized = Counter::default();
+        registry.register(
+            "admin_unauthorized",
+            "Session management requests refused for a missing or wrong admin token",
+            admin_unauthorized.clone(),
+        );
         let cookies_rejected = Counter::default();
         registry.register(
             "cookies_rejected",
@@ -184,6 +191,7 @@ impl Metrics {
             sessions,
             conflicts,
             writes_skipped,
+            admin_unauthorized,
             cookies_rejected,
             forged_headers,
             open_connections,
@@ -239,6 +247,11 @@ impl Metrics {
     /// The counter of updates and patches that wrote nothing because they changed nothing.
     pub(crate) fn session_writes_skipped(&self) -> Counter {
         self.writes_skipped.clone()
+    }
+
+    /// The counter of session management requests refused for their token.
+    pub(crate) fn admin_unauthorized(&self) -> Counter {
+        self.admin_unauthorized.clone()
     }
 
     /// The round-trip histogram of one store command (`get`, `set`, ...). Called when a

@@ -21,7 +21,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::config::Config;
+use crate::config::{AdminToken, Config};
 use crate::metrics::Metrics;
 use crate::route::{self, Route, RouteTable};
 use crate::session::{protocol, SessionEvent, SessionLayer};
@@ -38,6 +38,8 @@ pub(crate) struct App {
     pub routes: RouteTable,
     pub session: SessionLayer,
     pub upstream_timeout: Duration,
+    /// `server.admin_token`: enables the admin listener's session management endpoints.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl App {
@@ -46,6 +48,7 @@ impl App {
             routes: RouteTable::new(&config.routes, metrics),
             session: SessionLayer::new(&config.session, &config.store.key_prefix, metrics),
             upstream_timeout: config.server.upstream_timeout,
+            admin_token: config.server.admin_token.clone(),
         }
     }
 }

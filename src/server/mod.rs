@@ -145,7 +145,8 @@ impl Server {
         // worker's store.
         let admin_task = admin.map(|listener| {
             let stores = proxies.iter().map(|p| p.store.clone()).collect();
-            let state = AdminState::new(reloader.metrics.clone(), stores, draining.clone());
+            let state =
+                AdminState::new(reloader.metrics.clone(), stores, draining.clone(), reloader.app.clone());
             tokio::spawn(admin::serve(listener, Arc::new(state), background_stopped))
         });
 

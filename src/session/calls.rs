@@ -19,6 +19,11 @@ pub(crate) struct StoreMetrics {
     replace_if: Histogram,
     delete_if: Histogram,
     del: Histogram,
+    inspect: Histogram,
+    index_add: Histogram,
+    index_touch: Histogram,
+    index_remove: Histogram,
+    index_members: Histogram,
     errors: StoreErrorCounters,
 }
 
@@ -32,6 +37,11 @@ impl StoreMetrics {
             replace_if: metrics.store_command("replace_if"),
             delete_if: metrics.store_command("delete_if"),
             del: metrics.store_command("del"),
+            inspect: metrics.store_command("inspect"),
+            index_add: metrics.store_command("index_add"),
+            index_touch: metrics.store_command("index_touch"),
+            index_remove: metrics.store_command("index_remove"),
+            index_members: metrics.store_command("index_members"),
             errors: metrics.store_errors(&StoreError::KINDS),
         }
     }
@@ -107,5 +117,31 @@ impl<'a> StoreCalls<'a> {
     pub(crate) async fn delete_if(&mut self, key: &str, expected: &[u8]) -> Result<Compared, StoreError> {
         let (store, m) = (self.store, self.metrics);
         self.timed(&m.delete_if, store.delete_if(key, expected)).await
+    }
+
+    /// The value at `key` and its TTL.
+    pub(crate) async fn inspect(&mut self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.inspect, store.inspect(key)).await
+    }
+
+    pub(crate) async fn index_add(&mut self, key: &str, member: &str, ttl: u64) -> Result<(), StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.index_add, store.index_add(key, member, ttl)).await
+    }
+
+    pub(crate) async fn index_touch(&mut self, key: &str, ttl: u64) -> Result<(), StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.index_touch, store.index_touch(key, ttl)).await
+    }
+
+    pub(crate) async fn index_remove(&mut self, key: &str, member: &str) -> Result<(), StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.index_remove, store.index_remove(key, member)).await
+    }
+
+    pub(crate) async fn index_members(&mut self, key: &str) -> Result<Vec<String>, StoreError> {
+        let (store, m) = (self.store, self.metrics);
+        self.timed(&m.index_members, store.index_members(key)).await
     }
 }

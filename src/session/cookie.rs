@@ -432,6 +432,7 @@ mod tests {
             update_header: HeaderName::from_static("x-session-update"),
             regenerate_header: HeaderName::from_static("x-session-regenerate"),
             patch_header: HeaderName::from_static("x-session-patch"),
+            index: None,
             max_bytes: 16_384,
             on_store_error: crate::config::OnStoreError::Fail,
         }

@@ -23,6 +23,8 @@ use std::fmt;
 use indexmap::IndexMap;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use crate::config::JsonPointer;
+
 /// A JSON value as JavaScript holds it. Equality is JSON value equality: objects compare
 /// without regard to key order, numbers by the double they denote.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +74,30 @@ impl Js {
         match Js::parse(std::str::from_utf8(text).ok()?) {
             Ok(Js::Object(object)) => Some(object),
             _ => None,
+        }
+    }
+
+    /// One step of an RFC 6901 pointer: an object's key, or an array's item by its decimal
+    /// index (no leading zeros).
+    fn child(&self, token: &str) -> Option<&Js> {
+        match self {
+            Js::Object(object) => object.get(token),
+            Js::Array(items) => {
+                let canonical = token == "0" || !token.starts_with('0');
+                items.get(token.parse::<usize>().ok().filter(|_| canonical)?)
+            }
+            _ => None,
+        }
+    }
+
+    /// The text a scalar is indexed and looked up by: a string as it is, a number or boolean as
+    /// JSON text; `None` for `null`, objects and arrays.
+    pub(crate) fn index_text(&self) -> Option<String> {
+        match self {
+            Js::String(s) => Some(s.clone()),
+            Js::Number(n) => Some(n.to_string()),
+            Js::Bool(b) => Some(b.to_string()),
+            Js::Null | Js::Array(_) | Js::Object(_) => None,
         }
     }
 
@@ -148,6 +174,12 @@ impl JsObject {
 
     pub(crate) fn get(&self, key: &str) -> Option<&Js> {
         self.0.get(key)
+    }
+
+    /// The value at `pointer` in this object.
+    pub(crate) fn at(&self, pointer: &JsonPointer) -> Option<&Js> {
+        let (first, rest) = pointer.tokens().split_first()?;
+        rest.iter().try_fold(self.get(first)?, |value, token| value.child(token))
     }
 
     /// `JSON.stringify(object)`.
@@ -489,6 +521,22 @@ mod tests {
         assert_eq!(js_number_to_string(999999999999999900000.0), "999999999999999900000");
         assert_eq!(js_number_to_string(1.2345e-6), "0.0000012345");
         assert_eq!(js_number_to_string(f64::MIN_POSITIVE), "2.2250738585072014e-308");
+    }
+
+    #[test]
+    fn pointers_find_values_and_scalars_have_index_texts() {
+        let o = object(r#"{"user":{"id":42,"email":"a@b","roles":["x","y"],"a/b":{"~":true}},"n":null}"#);
+        let at = |p: &str| o.at(&JsonPointer::parse(p).unwrap()).cloned();
+        assert_eq!(at("/user/id").and_then(|v| v.index_text()), Some("42".to_owned()));
+        assert_eq!(at("/user/email").and_then(|v| v.index_text()), Some("a@b".to_owned()));
+        assert_eq!(at("/user/roles/1").and_then(|v| v.index_text()), Some("y".to_owned()));
+        assert_eq!(at("/user/a~1b/~0").and_then(|v| v.index_text()), Some("true".to_owned()));
+        assert_eq!(at("/user/roles/01"), None);
+        assert_eq!(at("/user/roles/2"), None);
+        assert_eq!(at("/user/missing"), None);
+        assert_eq!(at("/n").and_then(|v| v.index_text()), None);
+        assert_eq!(at("/user").and_then(|v| v.index_text()), None);
+        assert_eq!(at("/user/id/deeper"), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub(crate) mod calls;
 pub(crate) mod cookie;
 pub(crate) mod id;
+pub(crate) mod index;
 pub(crate) mod json;
 pub(crate) mod protocol;
 
@@ -32,6 +33,7 @@ use crate::metrics::{Counter, Metrics};
 use crate::store::{Compared, Store, StoreError};
 use calls::{StoreCalls, StoreMetrics};
 use cookie::{CookieCodec, CookieRead};
+use index::Index;
 use json::{Change, Js, JsObject};
 use protocol::{Update, UpdateError};
 
@@ -212,6 +214,8 @@ pub(crate) struct SessionLayer {
     codec: CookieCodec,
     key_prefix: String,
     metrics: SessionMetrics,
+    /// `session.index`, when set.
+    index: Option<Index>,
 }
 
 impl SessionLayer {
@@ -221,6 +225,7 @@ impl SessionLayer {
             codec: CookieCodec::new(cfg),
             key_prefix: key_prefix.to_string(),
             metrics: SessionMetrics::new(metrics),
+            index: cfg.index.as_ref().map(|pointer| Index::new(pointer, key_prefix, cfg.max_age)),
         }
     }
 
@@ -288,6 +293,17 @@ impl SessionLayer {
             }
         };
         headers.insert(&self.cfg.header, header);
+        if let (Some(ix), true) = (&self.index, self.cfg.rolling) {
+            // The read gave the session a new TTL: its index set must outlive it too.
+            if let Some(value) = ix.value_of_text(&read).filter(|v| ix.refresh_due(v)) {
+                match store.index_touch(&ix.key(&value), ix.ttl()).await {
+                    Ok(()) => ix.refreshed(&value),
+                    Err(error) => {
+                        tracing::warn!(request_id, error = %error, "could not refresh a session index set; the next request tries again")
+                    }
+                }
+            }
+        }
         Ok(SessionState::Live(Live { id: verified.id, read, sent, resign: verified.needs_resign }))
     }
 
@@ -319,7 +335,7 @@ impl SessionLayer {
                 Requested::Destroy | Requested::Nothing => Ok(SessionEvent::None),
             },
             SessionState::Unknown { id } => match requested {
-                Requested::Destroy => self.destroy(store, &id, resp).await,
+                Requested::Destroy => self.destroy(store, &id, None, resp, request_id).await,
                 Requested::Replace { text, .. } if regenerate => {
                     self.move_unseen(store, &id, &text, resp).await
                 }
@@ -376,7 +392,9 @@ impl SessionLayer {
         // edit for the session as it is when the write comes; `None`: the response changed
         // nothing.
         let (text, edit) = match &requested {
-            Requested::Destroy => return self.destroy(store, &live.id, resp).await,
+            Requested::Destroy => {
+                return self.destroy(store, &live.id, Some(&live.read), resp, request_id).await
+            }
             Requested::Nothing => (None, Edit::None),
             Requested::Replace { text, object } => {
                 // An update that equals (as a JSON value) what the upstream was sent: legacy
@@ -428,11 +446,13 @@ impl SessionLayer {
         let mut expected = live.read.clone();
         let mut conflicted = false;
         for _ in 0..MAX_WRITE_TRIES {
+            let indexed = self.index_before(store, &live.id, Some(&expected), &text).await?;
             match store.replace_if(&key, &expected, &text, self.cfg.max_age).await? {
                 Compared::Done => {
                     if conflicted {
                         self.metrics.merged.inc();
                     }
+                    self.index_after(store, &live.id, indexed, request_id).await;
                     return Ok(());
                 }
                 Compared::Gone => return Err(SaveError::Interrupted),
@@ -470,6 +490,7 @@ impl SessionLayer {
         let new = self.create_fresh(store, &text).await?;
         let new_key = self.key(&new);
         let mut expected = live.read.clone();
+        let mut written = text;
         let mut conflicted = false;
         for _ in 0..MAX_WRITE_TRIES {
             let compared = match store.delete_if(&old, &expected).await {
@@ -484,6 +505,8 @@ impl SessionLayer {
                     if conflicted {
                         self.metrics.merged.inc();
                     }
+                    let old_value = self.index.as_ref().and_then(|ix| ix.value_of_text(&expected));
+                    self.index_after(store, &live.id, (old_value, None), request_id).await;
                     self.set_cookie(resp, &new);
                     return Ok(SessionEvent::Regenerated);
                 }
@@ -495,10 +518,21 @@ impl SessionLayer {
                     conflicted = true;
                     let mut object = self.stored_object(&current, request_id);
                     edit.apply(&mut object);
-                    if let Err(e) = store.set(&new_key, &object.to_text(), self.cfg.max_age).await {
+                    let text = object.to_text();
+                    let indexed = match self.index_before(store, &new, Some(written.as_bytes()), &text).await
+                    {
+                        Ok(indexed) => indexed,
+                        Err(e) => {
+                            self.discard(store, &new_key, request_id).await;
+                            return Err(e.into());
+                        }
+                    };
+                    if let Err(e) = store.set(&new_key, &text, self.cfg.max_age).await {
                         self.discard(store, &new_key, request_id).await;
                         return Err(e.into());
                     }
+                    self.index_after(store, &new, indexed, request_id).await;
+                    written = text;
                     expected = current;
                 }
             }
@@ -542,6 +576,7 @@ impl SessionLayer {
     async fn create_fresh(&self, store: &mut StoreCalls<'_>, text: &str) -> Result<String, StoreError> {
         for _ in 0..MAX_CREATE_TRIES {
             let new = id::new_id();
+            self.index_before(store, &new, None, text).await?;
             if store.create(&self.key(&new), text, self.cfg.max_age).await? {
                 return Ok(new);
             }
@@ -557,16 +592,65 @@ impl SessionLayer {
         }
     }
 
-    /// The key deleted and the cookie cleared.
+    /// The key deleted and the cookie cleared; `read` (what the session held, when known)
+    /// says which index set it leaves.
     async fn destroy(
         &self,
         store: &mut StoreCalls<'_>,
         id: &str,
+        read: Option<&[u8]>,
         resp: &mut HeaderMap,
+        request_id: &str,
     ) -> Result<SessionEvent, SaveError> {
         store.del(&self.key(id)).await?;
+        let old = self.index.as_ref().zip(read).and_then(|(ix, read)| ix.value_of_text(read));
+        self.index_after(store, id, (old, None), request_id).await;
         resp.append(SET_COOKIE, self.codec.clear_cookie());
         Ok(SessionEvent::Destroyed)
+    }
+
+    /// Before session `id` is written with `text` over `before` (`None`: a new session): with
+    /// an index, the id goes into the set of the new value first, and the set of an unchanged
+    /// value is refreshed when due (see `index`). Returns the old and the new value, for
+    /// [`SessionLayer::index_after`] once the write is done.
+    async fn index_before(
+        &self,
+        store: &mut StoreCalls<'_>,
+        id: &str,
+        before: Option<&[u8]>,
+        text: &str,
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
+        let Some(ix) = &self.index else { return Ok((None, None)) };
+        let old = before.and_then(|before| ix.value_of_text(before));
+        let new = ix.value_of_text(text.as_bytes());
+        if let Some(value) = &new {
+            if old.as_ref() != Some(value) {
+                store.index_add(&ix.key(value), id, ix.ttl()).await?;
+                ix.refreshed(value);
+            } else if ix.refresh_due(value) {
+                store.index_touch(&ix.key(value), ix.ttl()).await?;
+                ix.refreshed(value);
+            }
+        }
+        Ok((old, new))
+    }
+
+    /// After session `id` was written (or deleted): with an index, the id leaves the set of
+    /// its old value. A failure only leaves an id that readers of the index drop.
+    async fn index_after(
+        &self,
+        store: &mut StoreCalls<'_>,
+        id: &str,
+        (old, new): (Option<String>, Option<String>),
+        request_id: &str,
+    ) {
+        let (Some(ix), Some(old)) = (&self.index, old) else { return };
+        if new.as_ref() == Some(&old) {
+            return;
+        }
+        if let Err(error) = store.index_remove(&ix.key(&old), id).await {
+            tracing::warn!(request_id, error = %error, "could not take a session out of its old index set; readers of the index drop it");
+        }
     }
 
     /// A stored value as an object: one that is not a JSON object counts as empty.
@@ -619,6 +703,95 @@ impl SessionLayer {
     fn set_cookie(&self, resp: &mut HeaderMap, id: &str) {
         let value: HeaderValue = self.codec.set_cookie(id);
         resp.append(SET_COOKIE, value);
+    }
+}
+
+/// Why an operation on the index cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IndexError {
+    #[error("session.index is not set, so there is no index of sessions")]
+    NotConfigured,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Session management (DESIGN.md): what operators do to sessions, through the admin
+/// endpoints and the `sessions` command line.
+impl SessionLayer {
+    /// The stored text of session `id` and its remaining TTL in seconds.
+    pub(crate) async fn inspect(
+        &self,
+        store: &mut StoreCalls<'_>,
+        id: &str,
+    ) -> Result<Option<(Bytes, u64)>, StoreError> {
+        store.inspect(&self.key(id)).await
+    }
+
+    /// Deletes session `id`, and takes it out of its index set; `false` when there was none.
+    pub(crate) async fn revoke(&self, store: &mut StoreCalls<'_>, id: &str) -> Result<bool, StoreError> {
+        let key = self.key(id);
+        let Some((data, _)) = store.inspect(&key).await? else {
+            return Ok(false);
+        };
+        store.del(&key).await?;
+        let old = self.index.as_ref().and_then(|ix| ix.value_of_text(&data));
+        self.index_after(store, id, (old, None), "-").await;
+        Ok(true)
+    }
+
+    /// The live sessions holding `value` at the index pointer, with their TTLs, by id. Ids
+    /// whose session is gone (expired, destroyed) or holds another value now are dropped
+    /// from the set as they are met.
+    pub(crate) async fn index_sessions(
+        &self,
+        store: &mut StoreCalls<'_>,
+        value: &str,
+    ) -> Result<Vec<(String, u64)>, IndexError> {
+        let ix = self.index.as_ref().ok_or(IndexError::NotConfigured)?;
+        let set = ix.key(value);
+        let mut live = Vec::new();
+        for id in store.index_members(&set).await? {
+            match store.inspect(&self.key(&id)).await? {
+                Some((data, ttl)) if ix.value_of_text(&data).as_deref() == Some(value) => {
+                    live.push((id, ttl))
+                }
+                _ => store.index_remove(&set, &id).await?,
+            }
+        }
+        live.sort();
+        Ok(live)
+    }
+
+    /// Destroys every live session holding `value` ("log this user out everywhere"); how
+    /// many. A session that stops holding the value meanwhile is left alone.
+    pub(crate) async fn revoke_index(
+        &self,
+        store: &mut StoreCalls<'_>,
+        value: &str,
+    ) -> Result<usize, IndexError> {
+        let ix = self.index.as_ref().ok_or(IndexError::NotConfigured)?;
+        let set = ix.key(value);
+        let mut revoked = 0;
+        for id in store.index_members(&set).await? {
+            let key = self.key(&id);
+            let mut current = store.inspect(&key).await?.map(|(data, _)| data);
+            for _ in 0..MAX_WRITE_TRIES {
+                let Some(data) = current.take().filter(|d| ix.value_of_text(d).as_deref() == Some(value))
+                else {
+                    break;
+                };
+                match store.delete_if(&key, &data).await? {
+                    Compared::Done => {
+                        revoked += 1;
+                        break;
+                    }
+                    Compared::Changed(now) => current = Some(now),
+                    Compared::Gone => break,
+                }
+            }
+            store.index_remove(&set, &id).await?;
+        }
+        Ok(revoked)
     }
 }
 

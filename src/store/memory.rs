@@ -8,7 +8,7 @@
 //! written to never grows.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -41,8 +41,16 @@ struct Inner {
 
 struct Shard {
     entries: HashMap<String, Entry>,
+    /// The sets of the session index, by key (Redis's keyspace is one; these keys never take
+    /// the form of a session key).
+    sets: HashMap<String, Set>,
     /// When this shard was last swept of expired entries.
     last_sweep: Instant,
+}
+
+struct Set {
+    members: HashSet<String>,
+    expires_at: Instant,
 }
 
 struct Entry {
@@ -65,8 +73,9 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         let now = Instant::now();
-        let shards =
-            (0..SHARDS).map(|_| Mutex::new(Shard { entries: HashMap::new(), last_sweep: now })).collect();
+        let shards = (0..SHARDS)
+            .map(|_| Mutex::new(Shard { entries: HashMap::new(), sets: HashMap::new(), last_sweep: now }))
+            .collect();
         MemoryStore { inner: Arc::new(Inner { hasher: RandomState::new(), shards }) }
     }
 
@@ -135,6 +144,65 @@ impl MemoryStore {
         Compared::Done
     }
 
+    /// The value and its remaining TTL in whole seconds (as Redis's `TTL` rounds).
+    pub fn inspect(&self, key: &str) -> Option<(Bytes, u64)> {
+        let now = Instant::now();
+        let shard = self.shard(key);
+        let entry = shard.entries.get(key).filter(|e| e.is_live(now))?;
+        let left = entry.expires_at.saturating_duration_since(now);
+        Some((entry.value.clone(), left.as_secs() + u64::from(left.subsec_nanos() >= 500_000_000)))
+    }
+
+    /// `SADD key member`, and the set's TTL raised to at least `ttl_secs`.
+    pub fn index_add(&self, key: &str, member: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let at_least = expiry(now, ttl_secs, "expire")?;
+        let mut shard = self.write_shard(key, now);
+        let set = shard
+            .sets
+            .entry(key.to_owned())
+            .or_insert_with(|| Set { members: HashSet::new(), expires_at: now });
+        if set.expires_at <= now {
+            set.members.clear();
+        }
+        set.members.insert(member.to_owned());
+        set.expires_at = set.expires_at.max(at_least);
+        Ok(())
+    }
+
+    /// The set's TTL raised to at least `ttl_secs`, if it exists.
+    pub fn index_touch(&self, key: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let at_least = expiry(now, ttl_secs, "expire")?;
+        if let Some(set) = self.shard(key).sets.get_mut(key).filter(|set| set.expires_at > now) {
+            set.expires_at = set.expires_at.max(at_least);
+        }
+        Ok(())
+    }
+
+    /// `SREM key member`; an emptied set is gone, as in Redis.
+    pub fn index_remove(&self, key: &str, member: &str) {
+        let mut shard = self.shard(key);
+        if let Some(set) = shard.sets.get_mut(key) {
+            set.members.remove(member);
+            if set.members.is_empty() {
+                shard.sets.remove(key);
+            }
+        }
+    }
+
+    /// `SMEMBERS key`.
+    pub fn index_members(&self, key: &str) -> Vec<String> {
+        let now = Instant::now();
+        let shard = self.shard(key);
+        shard
+            .sets
+            .get(key)
+            .filter(|set| set.expires_at > now)
+            .map(|set| set.members.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Nothing to close; the map goes away with the last clone.
     pub fn shutdown(&self) {}
 
@@ -172,6 +240,7 @@ impl MemoryStore {
         let mut shard = self.shard(key);
         if now.saturating_duration_since(shard.last_sweep) >= SWEEP_INTERVAL {
             shard.entries.retain(|_, entry| entry.is_live(now));
+            shard.sets.retain(|_, set| set.expires_at > now);
             shard.last_sweep = now;
         }
         shard
@@ -335,6 +404,33 @@ mod tests {
         assert!(store.get("k", None).unwrap().is_some());
         assert_eq!(store.delete_if("k", b"{\"a\":1}"), Compared::Done);
         assert_eq!(store.get("k", None).unwrap(), None);
+    }
+
+    #[test]
+    fn index_sets_add_remove_and_expire() {
+        let store = MemoryStore::new();
+        store.index_add("i", "a", 60).unwrap();
+        store.index_add("i", "b", 10).unwrap();
+        let mut members = store.index_members("i");
+        members.sort();
+        assert_eq!(members, ["a", "b"]);
+        store.index_remove("i", "a");
+        assert_eq!(store.index_members("i"), ["b"]);
+        store.index_remove("i", "b");
+        assert!(store.index_members("i").is_empty());
+        assert!(store.index_add("i", "a", 0).is_err());
+        store.index_touch("missing", 60).unwrap();
+        assert!(store.index_members("missing").is_empty());
+    }
+
+    #[test]
+    fn inspect_gives_the_value_and_its_ttl() {
+        let store = MemoryStore::new();
+        assert_eq!(store.inspect("k"), None);
+        store.set("k", "{}", 100).unwrap();
+        let (value, ttl) = store.inspect("k").unwrap();
+        assert_eq!(value, "{}");
+        assert!((99..=100).contains(&ttl), "{ttl}");
     }
 
     #[test]

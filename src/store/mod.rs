@@ -103,6 +103,49 @@ impl Store {
         }
     }
 
+    /// The value at `key` and its remaining TTL in seconds, or `None` when there is none.
+    pub async fn inspect(&self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+        match self {
+            Store::Memory(store) => Ok(store.inspect(key)),
+            Store::Redis(store) => store.inspect(key).await,
+        }
+    }
+
+    /// Adds `member` to the set at `key` and raises the set's TTL to at least `ttl_secs`.
+    pub async fn index_add(&self, key: &str, member: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => store.index_add(key, member, ttl_secs),
+            Store::Redis(store) => store.index_add(key, member, ttl_secs).await,
+        }
+    }
+
+    /// Raises the TTL of the set at `key`, if it exists, to at least `ttl_secs`.
+    pub async fn index_touch(&self, key: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => store.index_touch(key, ttl_secs),
+            Store::Redis(store) => store.index_touch(key, ttl_secs).await,
+        }
+    }
+
+    /// Removes `member` from the set at `key`.
+    pub async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory(store) => {
+                store.index_remove(key, member);
+                Ok(())
+            }
+            Store::Redis(store) => store.index_remove(key, member).await,
+        }
+    }
+
+    /// The members of the set at `key`.
+    pub async fn index_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Memory(store) => Ok(store.index_members(key)),
+            Store::Redis(store) => store.index_members(key).await,
+        }
+    }
+
     /// Checks that the store answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {

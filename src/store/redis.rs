@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::clients::{Client, Pool};
 use fred::error::{Error as FredError, ErrorKind};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, SetsInterface};
 use fred::types::config::{Config as FredConfig, Options, ReconnectPolicy, TlsConfig};
 use fred::types::scripts::Script;
 use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value};
@@ -294,6 +294,61 @@ impl RedisStore {
         compared(self.script(&self.inner.scripts.delete_if, key, args, Some(once)).await?)
     }
 
+    /// The `INSPECT` script: the value and its TTL in one round trip.
+    pub async fn inspect(&self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+        let reply = self.script(&self.inner.scripts.inspect, key, Vec::new(), None).await?;
+        match reply {
+            Value::Null => Ok(None),
+            Value::Array(mut pair) if pair.len() == 2 => {
+                let ttl = pair.pop().and_then(|t| t.as_i64()).unwrap_or(-1);
+                let value = pair.pop().and_then(Value::into_bytes);
+                match value {
+                    Some(value) => Ok(Some((value, u64::try_from(ttl).unwrap_or(0)))),
+                    None => Err(not_redis("GET and TTL")),
+                }
+            }
+            _ => Err(not_redis("GET and TTL")),
+        }
+    }
+
+    /// The `INDEX_ADD` script: `SADD`, then the set's TTL raised to at least `ttl_secs`.
+    pub async fn index_add(&self, key: &str, member: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        let args = vec![Value::from(member), Value::Integer(ttl_arg(ttl_secs)?)];
+        let reply = self.script(&self.inner.scripts.index_add, key, args, None).await?;
+        expect_reply("SADD", &reply, is_integer)
+    }
+
+    /// The `INDEX_TOUCH` script: the set's TTL raised to at least `ttl_secs`.
+    pub async fn index_touch(&self, key: &str, ttl_secs: u64) -> Result<(), StoreError> {
+        let args = vec![Value::Integer(ttl_arg(ttl_secs)?)];
+        let reply = self.script(&self.inner.scripts.index_touch, key, args, None).await?;
+        expect_reply("EXPIRE", &reply, is_integer)
+    }
+
+    /// `SREM key member`.
+    pub async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        let (index, client) = self.pick();
+        let reply = self.call(index, pin_in_place(|| client.srem::<Value, _, _>(key, member))).await?;
+        expect_reply("SREM", &reply, is_integer)
+    }
+
+    /// `SMEMBERS key`.
+    pub async fn index_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        let (index, client) = self.pick();
+        let reply = self.call(index, pin_in_place(|| client.smembers::<Value, _>(key))).await?;
+        match reply {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| {
+                    item.into_bytes()
+                        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+                        .ok_or_else(|| not_redis("SMEMBERS"))
+                })
+                .collect(),
+            _ => Err(not_redis("SMEMBERS")),
+        }
+    }
+
     /// Runs a script on `key` with `EVALSHA`, and with `EVAL` (which also loads it) when the
     /// server does not have it (`NOSCRIPT`: first use, or after a restart or failover).
     async fn script(
@@ -518,16 +573,48 @@ if current ~= ARGV[1] then return current end
 redis.call('DEL', KEYS[1])
 return 1";
 
+/// The value at `KEYS[1]` and its TTL, or nil: what an operator inspecting a session sees.
+const INSPECT: &str = r"local value = redis.call('GET', KEYS[1])
+if not value then return false end
+return {value, redis.call('TTL', KEYS[1])}";
+
+/// Adds `ARGV[1]` to the set at `KEYS[1]` and raises its TTL to at least `ARGV[2]` (a set is
+/// never shortened: other members may need more).
+const INDEX_ADD: &str = r"redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1";
+
+/// Raises the TTL of the set at `KEYS[1]`, if there is one, to at least `ARGV[1]`.
+const INDEX_TOUCH: &str = r"local ttl = redis.call('TTL', KEYS[1])
+if ttl == -2 then return 0 end
+if ttl < tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1";
+
 /// The store's scripts. Each touches one key, so Redis Cluster routes it by that key.
 struct Scripts {
     replace_if: Script,
     delete_if: Script,
+    inspect: Script,
+    index_add: Script,
+    index_touch: Script,
 }
 
 impl Scripts {
     fn new() -> Scripts {
-        Scripts { replace_if: Script::from_lua(REPLACE_IF), delete_if: Script::from_lua(DELETE_IF) }
+        Scripts {
+            replace_if: Script::from_lua(REPLACE_IF),
+            delete_if: Script::from_lua(DELETE_IF),
+            inspect: Script::from_lua(INSPECT),
+            index_add: Script::from_lua(INDEX_ADD),
+            index_touch: Script::from_lua(INDEX_TOUCH),
+        }
     }
+}
+
+/// A reply no Redis gives to `command`; the reply itself is not included (it could echo a
+/// session value).
+fn not_redis(command: &str) -> StoreError {
+    StoreError::Command(format!("unexpected reply to {command}: not a Redis answer"))
 }
 
 /// A conditional script's answer.

@@ -2,6 +2,7 @@
 //! port 0, and small HTTP clients. Everything started here stops when dropped.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod faults;
 pub mod redis_server;
 

@@ -150,6 +150,18 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// How many times `command` ran since the last `CONFIG RESETSTAT` (`INFO commandstats`;
+    /// commands run inside scripts count too).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(&format!("cmdstat_{command}:calls="))?.split(',').next()?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
     fn cli_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("redis-cli");
         command.arg("-h").arg("127.0.0.1").arg("-p").arg(self.port.to_string());

@@ -1,6 +1,7 @@
 //! The admin listener (`server.admin_listen`), never the public one: `/healthz` (the process
 //! serves), `/readyz` (the store answers a PING within its timeout, and the server is not
-//! draining) and `/metrics` (OpenMetrics text, which Prometheus scrapes).
+//! draining), `/metrics` (OpenMetrics text, which Prometheus scrapes) and, with
+//! `server.admin_token`, the session management endpoints (`sessions`).
 //!
 //! The public listener never routes to these: `/healthz` there is an ordinary request for the
 //! upstream, so nothing about the process leaks to clients.
@@ -10,18 +11,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::{Histogram, Metrics, StoreErrorCounters};
+use crate::metrics::{Counter, Histogram, Metrics, StoreErrorCounters};
+use crate::proxy::App;
 use crate::store::{Store, StoreError};
+use reply::{text, AdminBody};
+use sessions::Target;
+
+mod reply;
+mod sessions;
 
 /// Admin clients are probes and scrapers; they get the same slowloris bound as the public side.
 const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,16 +49,26 @@ pub(crate) struct AdminState {
     /// Set once shutdown begins: `/readyz` then answers 503 so a load balancer stops sending
     /// new requests while the in-flight ones finish.
     pub draining: Arc<AtomicBool>,
+    /// The config generation in effect: its admin token and session layer.
+    pub app: Arc<ArcSwap<App>>,
     /// `/readyz`'s PING, timed and counted like every store command.
     ping: Histogram,
     errors: StoreErrorCounters,
+    /// Session management requests refused for a missing or wrong token.
+    unauthorized: Counter,
 }
 
 impl AdminState {
-    pub(crate) fn new(metrics: Arc<Metrics>, stores: Vec<Store>, draining: Arc<AtomicBool>) -> AdminState {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        stores: Vec<Store>,
+        draining: Arc<AtomicBool>,
+        app: Arc<ArcSwap<App>>,
+    ) -> AdminState {
         let ping = metrics.store_command("ping");
         let errors = metrics.store_errors(&StoreError::KINDS);
-        AdminState { metrics, stores, draining, ping, errors }
+        let unauthorized = metrics.admin_unauthorized();
+        AdminState { metrics, stores, draining, app, ping, errors, unauthorized }
     }
 }
 
@@ -87,21 +104,27 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut sto
     }
 }
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<AdminBody> {
+    if let Some(target) = Target::of(req.uri().path()) {
+        let app = state.app.load_full();
+        // Any worker's store will do: each reaches the same Redis (or the one memory map).
+        let Some(store) = state.stores.first() else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "no session store\n");
+        };
+        return sessions::serve(req.method(), req.headers(), target, &app, store, &state.unauthorized).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
     match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(state).await,
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, state.metrics.encode());
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
-            resp
+            reply::with_type(StatusCode::OK, Bytes::from(state.metrics.encode()), METRICS_CONTENT_TYPE)
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
@@ -109,25 +132,18 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
 /// takes one round trip). The PING is bounded by the store timeout (a stalled Redis gives 503
 /// after `store.timeout_ms`, never a hung probe); it is timed and its errors counted like any
 /// store command, so the metrics show an outage even without traffic.
-async fn readyz(state: &AdminState) -> Response<Full<Bytes>> {
+async fn readyz(state: &AdminState) -> Response<AdminBody> {
     if state.draining.load(Ordering::Relaxed) {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n".into());
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down\n");
     }
     let start = Instant::now();
     let pings = futures_util::future::join_all(state.stores.iter().map(Store::ping)).await;
     state.ping.observe(start.elapsed().as_secs_f64());
     match pings.into_iter().find_map(Result::err) {
-        None => text(StatusCode::OK, "ready\n".into()),
+        None => text(StatusCode::OK, "ready\n"),
         Some(e) => {
             state.errors.count(e.kind());
             text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: session store: {e}\n"))
         }
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp
 }

@@ -1,0 +1,238 @@
+//! A scripted app for the session tests: what it answers is set by the request's headers, and a
+//! request can be held in it until the test lets it go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::faults::{count_panics, guarded, session_cookie_pair, session_id};
+use super::redis_server::RedisServer;
+use super::{client, empty, full, get, start_proxy, upstream, TestBody, TestProxy, Upstream};
+
+/// A request held in the app: it tells the test it has the session, then waits to be let go.
+#[derive(Default)]
+pub struct Gate {
+    pub loaded: Notify,
+    pub release: Notify,
+}
+
+/// The app, scripted by request headers (each response carries `x-seen`, the session it got):
+/// - `x-add: KEY`: echoes the whole session with one more key, `KEY: "KEY"` (the typical
+///   legacy app);
+/// - `x-patch-add: KEY`: answers with the patch `{"KEY": "KEY"}`;
+/// - `x-delay-ms: N`: answers after N ms;
+/// - `x-hold`: waits at the [`Gate`] before answering;
+/// - `x-echo`: answers with the session it got as the update, unchanged;
+/// - `x-want-update`, `x-want-patch`, `x-want-regenerate`: answers with those headers.
+pub async fn app(gate: Arc<Gate>) -> Upstream {
+    upstream(move |req: Request<Incoming>| {
+        let gate = gate.clone();
+        async move {
+            let header = |name: &str| {
+                req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            };
+            let seen = header("x-session").unwrap_or_default();
+            if let Some(ms) = header("x-delay-ms") {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            if header("x-hold").is_some() {
+                gate.loaded.notify_one();
+                gate.release.notified().await;
+            }
+            let mut resp = Response::builder().header("x-seen", &seen);
+            if let Some(key) = header("x-add") {
+                let mut session: Value = serde_json::from_str(&seen).unwrap();
+                session[key.as_str()] = json!(key);
+                resp = resp.header("x-session-update", session.to_string());
+            }
+            if let Some(key) = header("x-patch-add") {
+                resp = resp.header("x-session-patch", json!({ key.as_str(): key }).to_string());
+            }
+            if header("x-echo").is_some() {
+                resp = resp.header("x-session-update", &seen);
+            }
+            for (asked, name) in [
+                ("x-want-update", "x-session-update"),
+                ("x-want-patch", "x-session-patch"),
+                ("x-want-regenerate", "x-session-regenerate"),
+            ] {
+                if let Some(value) = header(asked) {
+                    resp = resp.header(name, value);
+                }
+            }
+            resp.body(full("ok")).unwrap()
+        }
+    })
+    .await
+}
+
+/// Where the sessions of an [`AppEnv`] live.
+pub enum Backend {
+    Redis(RedisServer),
+    Memory,
+}
+
+/// A proxy, with an admin listener, in front of [`app`] on its own store.
+pub struct AppEnv {
+    pub backend: Backend,
+    pub gate: Arc<Gate>,
+    pub proxy: TestProxy,
+    _app: Upstream,
+}
+
+/// What one request got back.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The session the app was sent (`x-seen`).
+    pub fn seen(&self) -> &str {
+        self.headers.get("x-seen").map_or("", |v| v.to_str().unwrap())
+    }
+
+    pub fn new_cookie(&self) -> Option<String> {
+        session_cookie_pair(&self.headers)
+    }
+
+    pub fn assert_no_cookie(&self) {
+        assert!(self.headers.get("set-cookie").is_none(), "unexpected Set-Cookie: {:?}", self.headers);
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+impl AppEnv {
+    /// On Redis (a server of its own) or `memory://`; `server` and `session` are more lines
+    /// for those tables of the config.
+    pub async fn start(redis: bool, server: &str, session: &str) -> AppEnv {
+        count_panics();
+        let backend = if redis { Backend::Redis(RedisServer::start()) } else { Backend::Memory };
+        let gate = Arc::new(Gate::default());
+        let app = app(gate.clone()).await;
+        let url = match &backend {
+            Backend::Redis(redis) => redis.url(),
+            Backend::Memory => "memory://".to_owned(),
+        };
+        let proxy = start_proxy(&format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{server}
+
+[store]
+url = "{url}"
+timeout_ms = 5000
+
+[session]
+secrets = ["test-secret"]
+secure = false
+{session}
+
+[[route]]
+prefix = "/"
+upstream = "{app}"
+"#,
+            app = app.url()
+        ))
+        .await;
+        AppEnv { backend, gate, proxy, _app: app }
+    }
+
+    pub fn redis(&self) -> Option<&RedisServer> {
+        match &self.backend {
+            Backend::Redis(redis) => Some(redis),
+            Backend::Memory => None,
+        }
+    }
+
+    pub async fn call(&self, cookie: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+        let mut req = Request::get(self.proxy.url("/app"));
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        send(req.body(empty()).unwrap()).await
+    }
+
+    /// A new session holding `value`: its cookie.
+    pub async fn create(&self, value: &str) -> String {
+        let answer = self.call(None, &[("x-want-update", value)]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.new_cookie().expect("a new session sets a cookie")
+    }
+
+    /// The session behind `cookie` as the app is sent it (`{}`: none), and, on Redis, checks
+    /// that the stored text is the same.
+    pub async fn session(&self, cookie: &str) -> String {
+        let answer = self.call(Some(cookie), &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        answer.assert_no_cookie();
+        let seen = answer.seen().to_owned();
+        if let Some(redis) = self.redis() {
+            let stored = redis.cli(&["GET", &key(cookie)]);
+            assert_eq!(if stored.is_empty() { "{}" } else { stored.as_str() }, seen);
+        }
+        seen
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, _, text) = get(&self.proxy.admin_url("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in {text}"))
+    }
+
+    /// A request to the admin listener, with `Authorization: authorization` when given.
+    pub async fn admin(&self, method: Method, path: &str, authorization: Option<&str>) -> Answer {
+        let mut req = Request::builder().method(method).uri(self.proxy.admin_url(path));
+        if let Some(value) = authorization {
+            req = req.header("authorization", value);
+        }
+        send(req.body(empty()).unwrap()).await
+    }
+
+    /// Sends a request that the app holds until [`AppEnv::release`], once the app has it.
+    pub async fn held(&self, cookie: &str, headers: &[(&'static str, &'static str)]) -> JoinHandle<Answer> {
+        let (url, cookie, headers) = (self.proxy.url("/app"), cookie.to_owned(), headers.to_vec());
+        let task = tokio::spawn(async move {
+            let mut req = Request::get(url).header("cookie", cookie).header("x-hold", "1");
+            for (name, value) in headers {
+                req = req.header(name, value);
+            }
+            send(req.body(empty()).unwrap()).await
+        });
+        guarded("the held request's read", self.gate.loaded.notified()).await;
+        task
+    }
+
+    pub fn release(&self) {
+        self.gate.release.notify_one();
+    }
+}
+
+pub async fn send(req: Request<TestBody>) -> Answer {
+    let resp = guarded("a request", client().request(req)).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = guarded("its body", body.collect()).await.unwrap().to_bytes();
+    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// The Redis key of the session behind `cookie`.
+pub fn key(cookie: &str) -> String {
+    format!("_session:{}", session_id(cookie).unwrap())
+}
