@@ -272,6 +272,12 @@ pub struct SessionConfig {
     pub on_store_error: OnStoreError,
     /// Keep an index of live sessions by the value at this pointer (`session.index`).
     pub index: Option<JsonPointer>,
+    /// Where routes with `require` send browsers without a session that meets it: a path, or
+    /// an absolute `http(s)` URL.
+    pub login_url: Option<String>,
+    /// `[session.headers]`: request headers set from the session on session routes (name,
+    /// lowercase; where in the session). Stripped from every client request.
+    pub identity_headers: Vec<(HeaderName, JsonPointer)>,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +290,24 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Lowercased, without a port.
     pub host: Option<String>,
+    /// Only sessions that meet it reach the upstream (`require`, `require_value`).
+    pub require: Option<Requirement>,
+}
+
+/// `[[route]] require` and `require_value`: the session must hold a value at `pointer` other
+/// than `null` and `false`; with `value`, one equal to it or an array containing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requirement {
+    pub pointer: JsonPointer,
+    pub value: Option<RequiredValue>,
+}
+
+/// What `require_value` may be: a TOML string, number or boolean.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequiredValue {
+    String(String),
+    Number(f64),
+    Bool(bool),
 }
 
 impl Config {
@@ -357,6 +381,8 @@ impl fmt::Debug for SessionConfig {
             .field("max_bytes", &self.max_bytes)
             .field("on_store_error", &self.on_store_error)
             .field("index", &self.index)
+            .field("login_url", &self.login_url)
+            .field("identity_headers", &self.identity_headers)
             .finish()
     }
 }
@@ -647,6 +673,8 @@ struct SessionShape {
     max_bytes: Option<u64>,
     on_store_error: Option<String>,
     index: Option<String>,
+    login_url: Option<String>,
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -657,6 +685,17 @@ struct RouteShape {
     session: Option<bool>,
     strip_prefix: Option<bool>,
     host: Option<String>,
+    require: Option<String>,
+    require_value: Option<RequiredValueShape>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RequiredValueShape {
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    String(String),
 }
 
 /// `session.secrets` as an array of strings. serde's stock error for a lone string would quote
@@ -866,6 +905,8 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
         shape.regenerate_header.as_deref().unwrap_or(DEFAULT_REGENERATE_HEADER),
         shape.patch_header.as_deref().unwrap_or(DEFAULT_PATCH_HEADER),
     )?;
+    let identity_headers =
+        identity_headers(shape.headers, [&header, &update_header, &regenerate_header, &patch_header])?;
     Ok(SessionConfig {
         cookie_name: cookie_name(shape.cookie_name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_owned()))?,
         secrets: secrets(shape.secrets)?,
@@ -890,7 +931,65 @@ fn session_config(shape: SessionShape) -> Result<SessionConfig, ConfigError> {
             .index
             .map(|text| JsonPointer::parse(&text).map_err(|reason| invalid("session.index", reason)))
             .transpose()?,
+        login_url: shape.login_url.map(|url| login_url(&url)).transpose()?,
+        identity_headers,
     })
+}
+
+/// `session.login_url`: a path (`/login`), or an absolute `http://` or `https://` URL. Never a
+/// protocol-relative `//host`: the redirect goes where the operator said, nowhere else.
+fn login_url(url: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "session.login_url";
+    if url.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(invalid(KEY, "must be printable ASCII without spaces (percent-encode the rest)"));
+    }
+    if url.starts_with('/') && !url.starts_with("//") {
+        return Ok(url.to_owned());
+    }
+    let absolute = url.parse::<Uri>().ok().filter(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.authority().is_some_and(|a| !a.host().is_empty())
+    });
+    match absolute {
+        Some(_) => Ok(url.to_owned()),
+        None => Err(invalid(
+            KEY,
+            "must be a path starting with '/' (not '//') or an absolute http:// or https:// URL",
+        )),
+    }
+}
+
+/// `[session.headers]`: each name a valid header name (lowercased), distinct from the others,
+/// from the protocol headers and from the headers the proxy relies on (compared lowercased,
+/// with `_` as `-`: clients' copies are stripped by that comparison); each value a pointer.
+fn identity_headers(
+    shapes: std::collections::BTreeMap<String, String>,
+    protocol: [&HeaderName; 4],
+) -> Result<Vec<(HeaderName, JsonPointer)>, ConfigError> {
+    let mut headers: Vec<(HeaderName, JsonPointer)> = Vec::with_capacity(shapes.len());
+    for (name, pointer) in shapes {
+        let key = format!("session.headers.{name}");
+        let header = header_name(&name, &key)?;
+        let normalised = normalise_header_name(&name);
+        if RESERVED_HEADER_NAMES.contains(&normalised.as_str()) {
+            return Err(invalid(key, format!("{name:?} is a header the proxy itself relies on")));
+        }
+        if protocol.iter().any(|p| normalise_header_name(p.as_str()) == normalised) {
+            return Err(invalid(
+                key,
+                "is one of the session protocol headers (compared lowercased, with '_' as '-')",
+            ));
+        }
+        if headers.iter().any(|(other, _)| normalise_header_name(other.as_str()) == normalised) {
+            return Err(invalid(
+                key,
+                "is the same header as another entry (compared lowercased, with '_' as '-')",
+            ));
+        }
+        let pointer = JsonPointer::parse(&pointer).map_err(|reason| invalid(&key, reason))?;
+        headers.push((header, pointer));
+    }
+    Ok(headers)
 }
 
 /// At least one secret, none empty. Errors name the index, never the value.
@@ -1041,12 +1140,32 @@ fn route_config(shape: RouteShape, index: usize) -> Result<RouteConfig, ConfigEr
         Some(host) => Some(route_host(&host).map_err(|reason| invalid(key("host"), reason))?),
         None => None,
     };
+    let session = shape.session.unwrap_or(DEFAULT_ROUTE_SESSION);
+    let require = match (shape.require, shape.require_value) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(invalid(key("require_value"), "needs `require` (the pointer to compare at)"))
+        }
+        (Some(_), _) if !session => {
+            return Err(invalid(key("require"), "needs a session route: this route has session = false"))
+        }
+        (Some(pointer), value) => Some(Requirement {
+            pointer: JsonPointer::parse(&pointer).map_err(|reason| invalid(key("require"), reason))?,
+            value: value.map(|v| match v {
+                RequiredValueShape::Bool(b) => RequiredValue::Bool(b),
+                RequiredValueShape::Integer(n) => RequiredValue::Number(n as f64),
+                RequiredValueShape::Float(x) => RequiredValue::Number(x),
+                RequiredValueShape::String(s) => RequiredValue::String(s),
+            }),
+        }),
+    };
     Ok(RouteConfig {
         prefix,
         upstream,
-        session: shape.session.unwrap_or(DEFAULT_ROUTE_SESSION),
+        session,
         strip_prefix: shape.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
         host,
+        require,
     })
 }
 
@@ -1809,6 +1928,66 @@ upstream = "http://h:2"
             assert_error_names(&with("session", &format!("index = \"{bad}\"")), "session.index");
         }
         assert_eq!(parse(MINIMAL).session.index, None);
+    }
+
+    #[test]
+    fn routes_require_pointers_and_values() {
+        let with_route = |lines: &str| {
+            format!("{MINIMAL}\n[[route]]\nprefix = \"/p\"\nupstream = \"http://127.0.0.1:1\"\n{lines}\n")
+        };
+        let config = parse(&with_route("require = \"/user/roles\"\nrequire_value = \"admin\""));
+        let require = config.routes[1].require.clone().expect("a requirement");
+        assert_eq!(require.pointer.tokens(), ["user", "roles"]);
+        assert_eq!(require.value, Some(RequiredValue::String("admin".to_owned())));
+        for (value, want) in [
+            ("3", RequiredValue::Number(3.0)),
+            ("2.5", RequiredValue::Number(2.5)),
+            ("true", RequiredValue::Bool(true)),
+        ] {
+            let config = parse(&with_route(&format!("require = \"/x\"\nrequire_value = {value}")));
+            assert_eq!(config.routes[1].require.as_ref().unwrap().value, Some(want));
+        }
+        assert_eq!(parse(&with_route("require = \"/user\"")).routes[1].require.as_ref().unwrap().value, None);
+        assert_eq!(parse(MINIMAL).routes[0].require, None);
+        assert_error_names(&with_route("require = \"user\""), "route[1].require");
+        assert_error_names(&with_route("require = \"/a~2\""), "route[1].require");
+        assert_error_names(&with_route("require_value = \"admin\""), "route[1].require_value");
+        let message =
+            assert_error_names(&with_route("require = \"/user\"\nsession = false"), "route[1].require");
+        assert!(message.contains("session = false"), "{message}");
+    }
+
+    #[test]
+    fn login_url_is_a_path_or_an_absolute_http_url() {
+        for good in ["/login", "/auth/login?app=1", "https://id.example/login", "http://127.0.0.1:3000/login"]
+        {
+            let config = parse(&with("session", &format!("login_url = \"{good}\"")));
+            assert_eq!(config.session.login_url.as_deref(), Some(good));
+        }
+        for bad in
+            ["login", "//evil.example/login", "ftp://x/login", "http://", "javascript:alert(1)", "/a b"]
+        {
+            assert_error_names(&with("session", &format!("login_url = \"{bad}\"")), "session.login_url");
+        }
+    }
+
+    #[test]
+    fn identity_headers_are_checked_names_and_pointers() {
+        let table = |lines: &str| format!("{MINIMAL}\n[session.headers]\n{lines}\n");
+        let config = parse(&table("\"X-User-Id\" = \"/user/id\"\n\"x-user-roles\" = \"/user/roles\""));
+        let names: Vec<&str> = config.session.identity_headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-user-id", "x-user-roles"]);
+        assert_eq!(config.session.identity_headers[0].1.tokens(), ["user", "id"]);
+        for (line, key) in [
+            ("\"x user\" = \"/a\"", "session.headers.x user"),
+            ("\"X_Session_Update\" = \"/a\"", "session.headers.X_Session_Update"),
+            ("\"x-session\" = \"/a\"", "session.headers.x-session"),
+            ("\"cookie\" = \"/a\"", "session.headers.cookie"),
+            ("\"x-user\" = \"user\"", "session.headers.x-user"),
+            ("\"x-user\" = \"/a\"\n\"X_User\" = \"/b\"", "session.headers.x-user"),
+        ] {
+            assert_error_names(&table(line), key);
+        }
     }
 
     #[test]

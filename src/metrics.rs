@@ -73,6 +73,8 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatusLabels, Counter>,
+    /// Requests a route's `require` refused, by route and status (302, 401).
+    require_refused: Family<RouteStatusLabels, Counter>,
     request_duration: HistogramFamily<RouteLabels>,
     upstream_duration: HistogramFamily<RouteLabels>,
     store_duration: HistogramFamily<CommandLabels>,
@@ -97,6 +99,9 @@ pub(crate) struct RouteMetrics {
     requests: [Counter; 5],
     duration: Histogram,
     upstream: Histogram,
+    /// Requests its `require` refused: sent to log in (302), and refused outright (401).
+    pub refused_redirect: Counter,
+    pub refused_unauthorized: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +115,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("session_proxy");
         let requests = Family::<RouteStatusLabels, Counter>::default();
         registry.register("requests", "Requests by route prefix and status class", requests.clone());
+        let require_refused = Family::<RouteStatusLabels, Counter>::default();
+        registry.register(
+            "require_refused",
+            "Requests a route's `require` kept from the upstream, by route and status (302: sent to log in, 401)",
+            require_refused.clone(),
+        );
         let request_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
         registry.register(
             "request_duration_seconds",
@@ -184,6 +195,7 @@ impl Metrics {
         let mut metrics = Metrics {
             registry,
             requests,
+            require_refused,
             request_duration,
             upstream_duration,
             store_duration,
@@ -211,7 +223,13 @@ impl Metrics {
                 self.requests.get_or_create_owned(&RouteStatusLabels { route: route.clone(), status })
             }),
             duration: self.request_duration.get_or_create_owned(&RouteLabels { route: route.clone() }),
-            upstream: self.upstream_duration.get_or_create_owned(&RouteLabels { route }),
+            upstream: self.upstream_duration.get_or_create_owned(&RouteLabels { route: route.clone() }),
+            refused_redirect: self
+                .require_refused
+                .get_or_create_owned(&RouteStatusLabels { route: route.clone(), status: "302" }),
+            refused_unauthorized: self
+                .require_refused
+                .get_or_create_owned(&RouteStatusLabels { route, status: "401" }),
         }
     }
 
@@ -329,6 +347,8 @@ impl RouteMetrics {
             requests: Default::default(),
             duration: latency_histogram(),
             upstream: latency_histogram(),
+            refused_redirect: Counter::default(),
+            refused_unauthorized: Counter::default(),
         }
     }
 }

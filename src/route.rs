@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery};
 
-use crate::config::RouteConfig;
+use crate::config::{Requirement, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 
 /// One route, ready for the hot path.
@@ -25,6 +25,8 @@ pub(crate) struct Route {
     pub session: bool,
     /// Remove the prefix from the path before forwarding.
     pub strip_prefix: bool,
+    /// Only sessions that meet it reach the upstream.
+    pub require: Option<Requirement>,
     /// This route's metric handles, resolved once.
     pub metrics: RouteMetrics,
 }
@@ -51,6 +53,7 @@ impl RouteTable {
                         .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
                     session: c.session,
                     strip_prefix: c.strip_prefix,
+                    require: c.require.clone(),
                     metrics: metrics.route(&c.prefix),
                 })
             })
@@ -134,6 +137,7 @@ mod tests {
             session: true,
             strip_prefix: strip,
             host: host.map(str::to_string),
+            require: None,
         }
     }
 

@@ -17,6 +17,13 @@ pub(crate) enum Failure {
     /// No `[[route]]` matches the request.
     #[error("no route matches")]
     NoRoute,
+    /// The route's `require` is not met and this is a browser navigation: sent to log in
+    /// (the `Location`).
+    #[error("the route requires a session that this request does not have; sent to log in")]
+    LoginRequired(HeaderValue),
+    /// The route's `require` is not met.
+    #[error("the route requires a session that this request does not have")]
+    Unauthorized,
     /// The session could not be read and `on_store_error = "fail"`: the upstream is not called.
     #[error("session store read failed: {0}")]
     StoreRead(StoreError),
@@ -57,6 +64,8 @@ impl Failure {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::LoginRequired(_) => StatusCode::FOUND,
+            Failure::Unauthorized => StatusCode::UNAUTHORIZED,
             Failure::ClientBodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
             Failure::Upstream(_) | Failure::BadUpdate(_) | Failure::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
             Failure::Interrupted => StatusCode::CONFLICT,
@@ -72,8 +81,19 @@ impl Failure {
     pub(crate) fn response(&self) -> Response<ProxyBody> {
         let status = self.status();
         let mut resp = status_response(status, status_text(status));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = resp.headers_mut();
+        match self {
+            Failure::StoreRead(_) | Failure::StoreWrite(_) | Failure::Contended => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Failure::LoginRequired(location) => {
+                headers.insert(header::LOCATION, location.clone());
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            Failure::Unauthorized => {
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            _ => {}
         }
         resp
     }
@@ -84,7 +104,8 @@ impl Failure {
     pub(crate) fn log(&self, request_id: &str, route: &str) {
         let status = self.status().as_u16();
         match self {
-            Failure::NoRoute => {}
+            // Not the proxy's trouble: the access log has them.
+            Failure::NoRoute | Failure::LoginRequired(_) | Failure::Unauthorized => {}
             Failure::StoreRead(error) => {
                 tracing::warn!(request_id, route, status, error = %error, "session store read failed; answering 503");
             }
@@ -140,6 +161,8 @@ impl From<SaveError> for Failure {
 
 fn status_text(status: StatusCode) -> &'static str {
     match status {
+        StatusCode::FOUND => "302 Found\n",
+        StatusCode::UNAUTHORIZED => "401 Unauthorized\n",
         StatusCode::NOT_FOUND => "404 Not Found\n",
         StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         StatusCode::CONFLICT => "409 Conflict\n",
@@ -157,6 +180,8 @@ mod tests {
     fn every_failure_has_its_status_and_store_failures_say_when_to_retry() {
         let cases = [
             (Failure::NoRoute, 404),
+            (Failure::LoginRequired(HeaderValue::from_static("/login?next=%2F")), 302),
+            (Failure::Unauthorized, 401),
             (Failure::ClientBodyIdle(Duration::from_secs(1)), 408),
             (Failure::BadUpdate(BadHeaders::UpdateAndPatch), 502),
             (Failure::Interrupted, 409),
@@ -170,6 +195,12 @@ mod tests {
             let resp = failure.response();
             assert_eq!(resp.status().as_u16(), status, "{failure}");
             assert_eq!(resp.headers().get(header::RETRY_AFTER).is_some(), status == 503, "{failure}");
+            assert_eq!(resp.headers().get(header::LOCATION).is_some(), status == 302, "{failure}");
+            assert_eq!(
+                resp.headers().get(header::CACHE_CONTROL).is_some(),
+                matches!(status, 302 | 401),
+                "{failure}"
+            );
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         }
     }

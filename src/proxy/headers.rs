@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// `x-request-id`: kept when the client sends one, generated otherwise.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -111,6 +112,37 @@ fn remove_listed(headers: &mut HeaderMap, values: &[HeaderValue]) {
             }
         }
     }
+}
+
+/// Whether the request's `Accept` allows HTML (RFC 9110 §12.5.1: `text/html`, `text/*` or
+/// `*/*` with a non-zero `q`; no `Accept` at all allows anything): what tells a browser's
+/// navigation from an API call.
+pub(crate) fn accepts_html(headers: &HeaderMap) -> bool {
+    let mut accept = headers.get_all(header::ACCEPT).iter().peekable();
+    if accept.peek().is_none() {
+        return true;
+    }
+    accept.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default();
+        let allowed = ["text/html", "text/*", "*/*"].iter().any(|m| media.eq_ignore_ascii_case(m));
+        let q_zero = parts.any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
+            })
+        });
+        allowed && !q_zero
+    })
+}
+
+/// Where a browser goes to log in: `login_url` with `next=` the request's own path and query,
+/// percent-encoded (never a host from a header, so no open redirect through it).
+pub(crate) fn login_location(login_url: &str, uri: &http::Uri) -> Option<HeaderValue> {
+    /// RFC 3986 unreserved characters stay; everything else is encoded.
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let next = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let separator = if login_url.contains('?') { '&' } else { '?' };
+    HeaderValue::try_from(format!("{login_url}{separator}next={}", utf8_percent_encode(next, COMPONENT))).ok()
 }
 
 /// The client's address as a header value, made once per connection for `X-Forwarded-For`.
@@ -277,6 +309,37 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn browsers_accept_html_and_api_clients_do_not() {
+        let accepts = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            }
+            accepts_html(&headers)
+        };
+        assert!(accepts(Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")));
+        assert!(accepts(Some("*/*")));
+        assert!(accepts(Some("TEXT/*")));
+        assert!(accepts(None));
+        assert!(!accepts(Some("application/json")));
+        assert!(!accepts(Some("text/html;q=0, application/json")));
+        assert!(!accepts(Some("text/plain")));
+    }
+
+    #[test]
+    fn login_location_carries_only_the_path_and_query() {
+        let uri: http::Uri = "/a/b?x=1&y=%C3%A9".parse().unwrap();
+        assert_eq!(login_location("/login", &uri).unwrap(), "/login?next=%2Fa%2Fb%3Fx%3D1%26y%3D%25C3%25A9");
+        assert_eq!(
+            login_location("https://id.example/login?app=1", &uri).unwrap().to_str().unwrap(),
+            "https://id.example/login?app=1&next=%2Fa%2Fb%3Fx%3D1%26y%3D%25C3%25A9"
+        );
+        // An absolute-form request names a host: only its path and query go into `next`.
+        let absolute: http::Uri = "http://evil.example/x".parse().unwrap();
+        assert_eq!(login_location("/login", &absolute).unwrap(), "/login?next=%2Fx");
     }
 
     #[test]

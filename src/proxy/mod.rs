@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::config::{AdminToken, Config};
@@ -144,17 +144,8 @@ impl Proxy {
         request_id: &HeaderValue,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Failure> {
-        let session_cfg = app.session.config();
-        // Always, on every route: a client can never forge a session.
-        let forged = protocol::strip_protocol_headers(
-            req.headers_mut(),
-            &[
-                &session_cfg.header,
-                &session_cfg.update_header,
-                &session_cfg.regenerate_header,
-                &session_cfg.patch_header,
-            ],
-        );
+        // Always, on every route: a client can never forge a session or an identity header.
+        let forged = protocol::strip_protocol_headers(req.headers_mut(), app.session.request_strip());
         if forged > 0 {
             self.metrics.forged_headers_removed(forged);
         }
@@ -181,7 +172,11 @@ impl Proxy {
         let session = if route.session {
             let loaded = app.session.load(&mut store, req.headers_mut(), rid(request_id)).await;
             out.store_time = store.elapsed;
-            Some(loaded.map_err(Failure::StoreRead)?)
+            let state = loaded.map_err(Failure::StoreRead)?;
+            if !app.session.admit(&state, route.require.as_ref(), req.headers_mut()) {
+                return Err(self.refuse(app, &req, route));
+            }
+            Some(state)
         } else {
             None
         };
@@ -206,16 +201,32 @@ impl Proxy {
             out.session = saved?;
         }
         // The protocol headers never reach the client, on any route, in any spelling.
-        protocol::strip_protocol_headers(
-            resp.headers_mut(),
-            &[&session_cfg.update_header, &session_cfg.regenerate_header, &session_cfg.patch_header],
-        );
+        protocol::strip_protocol_headers(resp.headers_mut(), app.session.response_strip());
 
         if switching {
             let client = client_upgrade.ok_or(Failure::UnaskedUpgrade)?;
             upgrade::tunnel(client, hyper::upgrade::on(&mut resp), request_id.clone());
         }
         Ok(resp.map(http_body_util::Either::Left))
+    }
+
+    /// A request whose session does not meet its route's `require`: a browser navigation
+    /// (GET or HEAD accepting HTML) is sent to `session.login_url`, with its own path and query
+    /// as `next`; anything else is refused.
+    fn refuse(&self, app: &App, req: &Request<Incoming>, route: &Route) -> Failure {
+        let navigation =
+            matches!(*req.method(), Method::GET | Method::HEAD) && headers::accepts_html(req.headers());
+        let login = app.session.config().login_url.as_deref().filter(|_| navigation);
+        match login.and_then(|url| headers::login_location(url, req.uri())) {
+            Some(location) => {
+                route.metrics.refused_redirect.inc();
+                Failure::LoginRequired(location)
+            }
+            None => {
+                route.metrics.refused_unauthorized.inc();
+                Failure::Unauthorized
+            }
+        }
     }
 
     /// The request as the upstream gets it: origin-form target (the route's path, stripped if

@@ -433,6 +433,8 @@ mod tests {
             regenerate_header: HeaderName::from_static("x-session-regenerate"),
             patch_header: HeaderName::from_static("x-session-patch"),
             index: None,
+            login_url: None,
+            identity_headers: Vec::new(),
             max_bytes: 16_384,
             on_store_error: crate::config::OnStoreError::Fail,
         }

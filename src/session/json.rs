@@ -23,7 +23,7 @@ use std::fmt;
 use indexmap::IndexMap;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::config::JsonPointer;
+use crate::config::{JsonPointer, RequiredValue, Requirement};
 
 /// A JSON value as JavaScript holds it. Equality is JSON value equality: objects compare
 /// without regard to key order, numbers by the double they denote.
@@ -90,6 +90,16 @@ impl Js {
         }
     }
 
+    /// Whether this is the configured value: a string, number (compared as doubles) or boolean.
+    fn equals(&self, want: &RequiredValue) -> bool {
+        match (self, want) {
+            (Js::String(s), RequiredValue::String(w)) => s == w,
+            (Js::Number(n), RequiredValue::Number(w)) => n.parse::<f64>().is_ok_and(|x| x == *w),
+            (Js::Bool(b), RequiredValue::Bool(w)) => b == w,
+            _ => false,
+        }
+    }
+
     /// The text a scalar is indexed and looked up by: a string as it is, a number or boolean as
     /// JSON text; `None` for `null`, objects and arrays.
     pub(crate) fn index_text(&self) -> Option<String> {
@@ -111,6 +121,13 @@ impl Js {
             Js::Array(_) => "array",
             Js::Object(_) => "object",
         }
+    }
+
+    /// `JSON.stringify(value)`.
+    pub(crate) fn to_text(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
     }
 
     fn write(&self, out: &mut String) {
@@ -174,6 +191,17 @@ impl JsObject {
 
     pub(crate) fn get(&self, key: &str) -> Option<&Js> {
         self.0.get(key)
+    }
+
+    /// Whether the object meets a route's requirement: a value at its pointer other than
+    /// `null` and `false`; with a required value, one equal to it or an array containing it.
+    pub(crate) fn meets(&self, requirement: &Requirement) -> bool {
+        match (self.at(&requirement.pointer), &requirement.value) {
+            (None | Some(Js::Null | Js::Bool(false)), _) => false,
+            (Some(_), None) => true,
+            (Some(Js::Array(items)), Some(want)) => items.iter().any(|item| item.equals(want)),
+            (Some(value), Some(want)) => value.equals(want),
+        }
     }
 
     /// The value at `pointer` in this object.
@@ -537,6 +565,32 @@ mod tests {
         assert_eq!(at("/n").and_then(|v| v.index_text()), None);
         assert_eq!(at("/user").and_then(|v| v.index_text()), None);
         assert_eq!(at("/user/id/deeper"), None);
+    }
+
+    #[test]
+    fn requirements_need_a_value_or_the_value() {
+        let o = object(
+            r#"{"user":{"id":7,"off":false,"none":null},"roles":["admin","dev"],"role":"dev","n":2.0,"ok":true}"#,
+        );
+        let req = |pointer: &str, value: Option<RequiredValue>| Requirement {
+            pointer: JsonPointer::parse(pointer).unwrap(),
+            value,
+        };
+        assert!(o.meets(&req("/user", None)));
+        assert!(o.meets(&req("/user/id", None)));
+        for missing in ["/user/off", "/user/none", "/nope", "/user/id/x"] {
+            assert!(!o.meets(&req(missing, None)), "{missing}");
+        }
+        let string = |s: &str| Some(RequiredValue::String(s.to_owned()));
+        assert!(o.meets(&req("/roles", string("admin"))));
+        assert!(!o.meets(&req("/roles", string("root"))));
+        assert!(o.meets(&req("/role", string("dev"))));
+        assert!(!o.meets(&req("/role", string("admin"))));
+        assert!(o.meets(&req("/n", Some(RequiredValue::Number(2.0)))));
+        assert!(o.meets(&req("/user/id", Some(RequiredValue::Number(7.0)))));
+        assert!(!o.meets(&req("/user/id", string("7"))));
+        assert!(o.meets(&req("/ok", Some(RequiredValue::Bool(true)))));
+        assert!(!o.meets(&req("/user/off", Some(RequiredValue::Bool(false)))));
     }
 
     #[test]

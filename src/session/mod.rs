@@ -26,9 +26,9 @@ pub(crate) mod protocol;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
 
-use crate::config::{OnStoreError, SessionConfig};
+use crate::config::{OnStoreError, Requirement, SessionConfig};
 use crate::metrics::{Counter, Metrics};
 use crate::store::{Compared, Store, StoreError};
 use calls::{StoreCalls, StoreMetrics};
@@ -216,6 +216,10 @@ pub(crate) struct SessionLayer {
     metrics: SessionMetrics,
     /// `session.index`, when set.
     index: Option<Index>,
+    /// Removed from every client request: the protocol headers and the identity headers.
+    request_strip: Vec<HeaderName>,
+    /// Removed from every upstream response: the update, regenerate and patch headers.
+    response_strip: Vec<HeaderName>,
 }
 
 impl SessionLayer {
@@ -226,7 +230,52 @@ impl SessionLayer {
             key_prefix: key_prefix.to_string(),
             metrics: SessionMetrics::new(metrics),
             index: cfg.index.as_ref().map(|pointer| Index::new(pointer, key_prefix, cfg.max_age)),
+            request_strip: [&cfg.header, &cfg.update_header, &cfg.regenerate_header, &cfg.patch_header]
+                .into_iter()
+                .cloned()
+                .chain(cfg.identity_headers.iter().map(|(name, _)| name.clone()))
+                .collect(),
+            response_strip: vec![
+                cfg.update_header.clone(),
+                cfg.regenerate_header.clone(),
+                cfg.patch_header.clone(),
+            ],
         }
+    }
+
+    /// The headers a client may never send, in any spelling: the protocol and identity
+    /// headers.
+    pub(crate) fn request_strip(&self) -> &[HeaderName] {
+        &self.request_strip
+    }
+
+    /// The headers an upstream's response never passes on, in any spelling.
+    pub(crate) fn response_strip(&self) -> &[HeaderName] {
+        &self.response_strip
+    }
+
+    /// From the session as read: sets the identity headers (`[session.headers]`) on the
+    /// request to the upstream, and says whether it meets the route's `requirement`. A request
+    /// without a live session has no identity headers and meets no requirement.
+    pub(crate) fn admit(
+        &self,
+        state: &SessionState,
+        requirement: Option<&Requirement>,
+        headers: &mut HeaderMap,
+    ) -> bool {
+        if requirement.is_none() && self.cfg.identity_headers.is_empty() {
+            return true;
+        }
+        let SessionState::Live(live) = state else {
+            return requirement.is_none();
+        };
+        let object = Js::parse_object(&live.sent).unwrap_or_default();
+        for (name, pointer) in &self.cfg.identity_headers {
+            if let Some(value) = object.at(pointer).and_then(protocol::identity_value) {
+                headers.insert(name, value);
+            }
+        }
+        requirement.is_none_or(|requirement| object.meets(requirement))
     }
 
     pub(crate) fn config(&self) -> &SessionConfig {

@@ -6,8 +6,11 @@
 //! Everything here is synchronous, allocation-light and free of I/O so the proxy can call it on
 //! every request.
 
+use std::borrow::Borrow;
+
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::value::RawValue;
 
 use super::json::{Js, JsObject};
@@ -37,11 +40,13 @@ pub fn normalized_eq(name: &str, target: &HeaderName) -> bool {
 /// Used on client requests (a client must never forge a session) and on upstream responses
 /// (the update and regenerate headers never reach the client). Allocates only when something
 /// matches, which honest traffic never does on requests.
-pub fn strip_protocol_headers(headers: &mut HeaderMap, names: &[&HeaderName]) -> usize {
+pub fn strip_protocol_headers<N: Borrow<HeaderName>>(headers: &mut HeaderMap, names: &[N]) -> usize {
     // `Vec::new` does not allocate until the first push.
     let mut found: Vec<HeaderName> = Vec::new();
     for key in headers.keys() {
-        if let Some(&target) = names.iter().find(|target| normalized_eq(key.as_str(), target)) {
+        if let Some(target) =
+            names.iter().map(Borrow::borrow).find(|target| normalized_eq(key.as_str(), target))
+        {
             // The configured name when spelled exactly so (as an upstream's update is): a
             // clone of it shares its bytes, where a clone of a parsed name would allocate.
             found.push(if key == target { target.clone() } else { key.clone() });
@@ -53,6 +58,29 @@ pub fn strip_protocol_headers(headers: &mut HeaderMap, names: &[&HeaderName]) ->
         headers.remove(&key);
     }
     removed
+}
+
+/// What an identity header carries of a session value (DESIGN.md "Access control and identity
+/// headers"): a string as it is, with every byte outside printable ASCII and every `%`
+/// percent-encoded (RFC 3986); a number or boolean as JSON text; an object or array as compact
+/// ASCII JSON; nothing for `null`.
+pub fn identity_value(value: &Js) -> Option<HeaderValue> {
+    /// Bytes outside printable ASCII (`utf8_percent_encode` encodes every non-ASCII byte) and `%`.
+    const NOT_PRINTABLE: &AsciiSet = &CONTROLS.add(b'%');
+    match value {
+        Js::Null => None,
+        Js::String(s) => HeaderValue::try_from(utf8_percent_encode(s, NOT_PRINTABLE).to_string()).ok(),
+        Js::Number(n) => HeaderValue::from_str(n).ok(),
+        Js::Bool(b) => Some(HeaderValue::from_static(if *b { "true" } else { "false" })),
+        Js::Array(_) | Js::Object(_) => {
+            let text = value.to_text();
+            if needs_rewrite(text.as_bytes()) {
+                rewrite(&text).ok()
+            } else {
+                HeaderValue::try_from(text).ok()
+            }
+        }
+    }
 }
 
 /// A stored session that is not a JSON object (or not JSON at all). The caller treats it as an
@@ -334,7 +362,7 @@ mod tests {
         let a = name("x-session");
         assert_eq!(strip_protocol_headers(&mut headers, &[&a]), 0);
         assert_eq!(strip_protocol_headers(&mut HeaderMap::new(), &[&a]), 0);
-        assert_eq!(strip_protocol_headers(&mut headers, &[]), 0);
+        assert_eq!(strip_protocol_headers::<HeaderName>(&mut headers, &[]), 0);
         assert_eq!(headers.len(), 1);
     }
 

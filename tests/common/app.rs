@@ -30,6 +30,8 @@ pub struct Gate {
 /// - `x-hold`: waits at the [`Gate`] before answering;
 /// - `x-echo`: answers with the session it got as the update, unchanged;
 /// - `x-want-update`, `x-want-patch`, `x-want-regenerate`: answers with those headers.
+///
+/// The body lists the request headers it received.
 pub async fn app(gate: Arc<Gate>) -> Upstream {
     upstream(move |req: Request<Incoming>| {
         let gate = gate.clone();
@@ -66,7 +68,13 @@ pub async fn app(gate: Arc<Gate>) -> Upstream {
                     resp = resp.header(name, value);
                 }
             }
-            resp.body(full("ok")).unwrap()
+            // The body lists the request headers the app received, one `name: value` a line.
+            let received: String = req
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())))
+                .collect();
+            resp.body(full(received)).unwrap()
         }
     })
     .await
@@ -94,6 +102,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The values of request header `name` the app received (from the body's list).
+    pub fn received(&self, name: &str) -> Vec<&str> {
+        self.body.lines().filter_map(|line| line.strip_prefix(name)?.strip_prefix(": ")).collect()
+    }
+
     /// The session the app was sent (`x-seen`).
     pub fn seen(&self) -> &str {
         self.headers.get("x-seen").map_or("", |v| v.to_str().unwrap())
@@ -116,6 +129,12 @@ impl AppEnv {
     /// On Redis (a server of its own) or `memory://`; `server` and `session` are more lines
     /// for those tables of the config.
     pub async fn start(redis: bool, server: &str, session: &str) -> AppEnv {
+        AppEnv::start_with(redis, server, session, "[[route]]\nprefix = \"/\"\nupstream = \"{app}\"\n").await
+    }
+
+    /// As [`AppEnv::start`], with `routes` for the `[[route]]` tables (`{app}` stands for the
+    /// app's URL).
+    pub async fn start_with(redis: bool, server: &str, session: &str, routes: &str) -> AppEnv {
         count_panics();
         let backend = if redis { Backend::Redis(RedisServer::start()) } else { Backend::Memory };
         let gate = Arc::new(Gate::default());
@@ -140,14 +159,39 @@ secrets = ["test-secret"]
 secure = false
 {session}
 
-[[route]]
-prefix = "/"
-upstream = "{app}"
+{routes}
 "#,
-            app = app.url()
+            routes = routes.replace("{app}", &app.url())
         ))
         .await;
         AppEnv { backend, gate, proxy, _app: app }
+    }
+
+    /// The app's URL, for configs written by a test (a reload).
+    pub fn app_url(&self) -> String {
+        self._app.url()
+    }
+
+    /// A GET of `path` with `cookie` and more headers.
+    pub async fn get(&self, path: &str, cookie: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+        self.request(Method::GET, path, cookie, headers).await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        cookie: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(self.proxy.url(path));
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        send(req.body(empty()).unwrap()).await
     }
 
     pub fn redis(&self) -> Option<&RedisServer> {
@@ -158,14 +202,7 @@ upstream = "{app}"
     }
 
     pub async fn call(&self, cookie: Option<&str>, headers: &[(&str, &str)]) -> Answer {
-        let mut req = Request::get(self.proxy.url("/app"));
-        if let Some(cookie) = cookie {
-            req = req.header("cookie", cookie);
-        }
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        send(req.body(empty()).unwrap()).await
+        self.get("/app", cookie, headers).await
     }
 
     /// A new session holding `value`: its cookie.
