@@ -25,7 +25,9 @@
 #
 # bench/out/ is ignored by git: profiles are made on demand, never committed.
 #
-# Environment (defaults): REQUESTS=20000, WARM=2000, CONNECTIONS=8, SESSION_PROXY_BIN= (else
+# Environment (defaults): PROXY_CONF= (another session-proxy config template instead of
+# conf/proxy.toml, e.g. conf/proxy-access.toml: scenario 5 with a `require` and two identity
+# headers), REQUESTS=20000, WARM=2000, CONNECTIONS=8, SESSION_PROXY_BIN= (else
 # the release binary is built as in run.sh; needs `debug = "line-tables-only"` or more for
 # file:line names, which Cargo.toml's release profile has), BARE_PROXY_BIN= (for 7 and 8; else
 # `cargo build --release --example bare_proxy`).
@@ -107,7 +109,7 @@ fill "$BENCH_DIR/conf/nginx-upstream.conf" "$TMP/upstream/nginx.conf" "PREFIX=$T
     "UPSTREAM_PORT=$UPSTREAM_PORT"
 nginx -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
-fill "$BENCH_DIR/conf/proxy.toml" "$TMP/proxy.toml" "LISTEN_PORT=$PROXY_PORT" \
+fill "${PROXY_CONF:-$BENCH_DIR/conf/proxy.toml}" "$TMP/proxy.toml" "LISTEN_PORT=$PROXY_PORT" \
     "REDIS_PORT=$REDIS_PORT" "UPSTREAM_PORT=$UPSTREAM_PORT"
 wait_port "$REDIS_PORT"
 wait_port "$UPSTREAM_PORT"
