@@ -269,13 +269,15 @@ impl SessionLayer {
         let SessionState::Live(live) = state else {
             return requirement.is_none();
         };
-        let object = Js::parse_object(&live.sent).unwrap_or_default();
+        // `sent` is a JSON object (what the upstream gets), so UTF-8.
+        let text = std::str::from_utf8(&live.sent).unwrap_or(protocol::EMPTY_SESSION);
         for (name, pointer) in &self.cfg.identity_headers {
-            if let Some(value) = object.at(pointer).and_then(protocol::identity_value) {
+            if let Some(value) = json::lookup(text, pointer).and_then(protocol::identity_value) {
                 headers.insert(name, value);
             }
         }
-        requirement.is_none_or(|requirement| object.meets(requirement))
+        requirement
+            .is_none_or(|requirement| json::raw_meets(json::lookup(text, &requirement.pointer), requirement))
     }
 
     pub(crate) fn config(&self) -> &SessionConfig {

@@ -64,22 +64,19 @@ pub fn strip_protocol_headers<N: Borrow<HeaderName>>(headers: &mut HeaderMap, na
 /// headers"): a string as it is, with every byte outside printable ASCII and every `%`
 /// percent-encoded (RFC 3986); a number or boolean as JSON text; an object or array as compact
 /// ASCII JSON; nothing for `null`.
-pub fn identity_value(value: &Js) -> Option<HeaderValue> {
+pub fn identity_value(text: &str) -> Option<HeaderValue> {
     /// Bytes outside printable ASCII (`utf8_percent_encode` encodes every non-ASCII byte) and `%`.
     const NOT_PRINTABLE: &AsciiSet = &CONTROLS.add(b'%');
-    match value {
-        Js::Null => None,
-        Js::String(s) => HeaderValue::try_from(utf8_percent_encode(s, NOT_PRINTABLE).to_string()).ok(),
-        Js::Number(n) => HeaderValue::from_str(n).ok(),
-        Js::Bool(b) => Some(HeaderValue::from_static(if *b { "true" } else { "false" })),
-        Js::Array(_) | Js::Object(_) => {
-            let text = value.to_text();
-            if needs_rewrite(text.as_bytes()) {
-                rewrite(&text).ok()
-            } else {
-                HeaderValue::try_from(text).ok()
-            }
+    match text.as_bytes().first()? {
+        b'n' => None,
+        b'"' => {
+            let string: std::borrow::Cow<'_, str> = serde_json::from_str(text).ok()?;
+            HeaderValue::try_from(utf8_percent_encode(&string, NOT_PRINTABLE).to_string()).ok()
         }
+        // Numbers and booleans as their JSON text; objects and arrays as compact ASCII JSON
+        // (the stored text is compact already, unless another app wrote it with spaces).
+        _ if needs_rewrite(text.as_bytes()) => rewrite(text).ok(),
+        _ => HeaderValue::from_str(text).ok(),
     }
 }
 
