@@ -9,6 +9,8 @@
 //!   connections without buffers), reload and graceful shutdown. Hands every request to the
 //!   worker's `proxy::Proxy`.
 //! - `admin`: the admin listener's `/healthz`, `/readyz`, `/metrics`.
+//! - `admission`: how many connections a listener holds at once (`server.max_connections`,
+//!   the admin listener's own cap); a connection's place travels with its socket.
 //! - `proxy`: one request: routing, hop-by-hop headers, the session seam, forwarding to the
 //!   upstream, upgrades, timeouts; `proxy::error` is the one table from failure to status
 //!   code.
@@ -32,6 +34,7 @@ pub mod store;
 pub mod tls;
 
 mod admin;
+mod admission;
 mod boxed;
 mod proxy;
 mod route;

@@ -6,6 +6,7 @@
 //! linear scan that stops at the first match.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
 
@@ -25,6 +26,8 @@ pub(crate) struct Route {
     pub session: bool,
     /// Remove the prefix from the path before forwarding.
     pub strip_prefix: bool,
+    /// The longest pause between two reads of the upstream's response body; `None`: never.
+    pub read_timeout: Option<Duration>,
     /// This route's metric handles, resolved once.
     pub metrics: RouteMetrics,
 }
@@ -51,6 +54,7 @@ impl RouteTable {
                         .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
                     session: c.session,
                     strip_prefix: c.strip_prefix,
+                    read_timeout: c.read_timeout,
                     metrics: metrics.route(&c.prefix),
                 })
             })
@@ -134,6 +138,7 @@ mod tests {
             session: true,
             strip_prefix: strip,
             host: host.map(str::to_string),
+            read_timeout: None,
         }
     }
 

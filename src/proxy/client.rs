@@ -273,6 +273,12 @@ pub(crate) struct PooledBody {
 }
 
 impl PooledBody {
+    /// Gives up on the rest of the body: its connection is closed once the body is dropped,
+    /// never pooled.
+    pub(crate) fn abandon(&mut self) {
+        self.release = None;
+    }
+
     fn release(&mut self) {
         if let Some(Release { pool, authority, sender }) = self.release.take() {
             pool.put_back(authority, sender);

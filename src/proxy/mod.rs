@@ -29,8 +29,10 @@ use crate::store::Store;
 use client::{PooledBody, UpstreamClient, UpstreamError};
 use error::Failure;
 use headers::X_REQUEST_ID;
+use http_body_util::Either;
 use request_body::{BodyWatch, StallWatch, UpstreamBody};
 pub(crate) use response::ProxyBody;
+use response::Streamed;
 
 /// The part of the config that a reload swaps in at once; requests in flight keep the
 /// generation they started with.
@@ -212,7 +214,8 @@ impl Proxy {
             let client = client_upgrade.ok_or(Failure::UnaskedUpgrade)?;
             upgrade::tunnel(client, hyper::upgrade::on(&mut resp), request_id.clone());
         }
-        Ok(resp.map(http_body_util::Either::Left))
+        let read_timeout = route.read_timeout;
+        Ok(resp.map(|body| Either::Left(Streamed::new(body, read_timeout, request_id.clone()))))
     }
 
     /// The request as the upstream gets it: origin-form target (the route's path, stripped if

@@ -25,6 +25,11 @@
 //! start) and is checked by the segment's periodic check, and across a park by the parked
 //! connection's wait.
 //!
+//! The same check drops a client that takes nothing of its response for
+//! `client_send_timeout` (nginx's `send_timeout`): the socket refused a write (hyper has bytes
+//! to send) and no write has gone through since. The write path only notes a refusal and the
+//! first write after it, so a request costs no timer and no clock read for this.
+//!
 //! # Upgrades
 //!
 //! `poll_without_shutdown` cannot hand a connection to hyper's upgrade machinery: when a `101`
@@ -56,6 +61,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::admission::Admitted;
 use crate::metrics::Metrics;
 
 /// An HTTP/1 connection with nothing in flight and no traffic for this long gives back hyper's
@@ -77,17 +83,17 @@ pub(super) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl Socket for TcpStream {
+impl Socket for Admitted<TcpStream> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_read_ready(cx)
+        self.get_ref().poll_read_ready(cx)
     }
 }
 
 /// hyper reads a TLS connection until rustls has no plaintext left and the socket would block,
 /// so an idle TLS connection has nothing buffered and waits on its TCP socket.
-impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+impl Socket for tokio_rustls::server::TlsStream<Admitted<TcpStream>> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
+        self.get_ref().0.get_ref().poll_read_ready(cx)
     }
 }
 
@@ -100,12 +106,16 @@ pub(super) struct Http1 {
     pub metrics: Arc<Metrics>,
     /// Set once shutdown begins (before the shutdown signal is sent).
     pub draining: Arc<AtomicBool>,
+    /// A client that takes nothing of its response this long is dropped (see the module
+    /// docs).
+    pub client_send_timeout: Duration,
 }
 
 impl Http1 {
     pub fn new(
         max_buf_size: usize,
         header_read_timeout: Duration,
+        client_send_timeout: Duration,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
     ) -> Http1 {
@@ -115,7 +125,7 @@ impl Http1 {
             .header_read_timeout(None)
             .max_buf_size(max_buf_size)
             .keep_alive(true);
-        Http1 { builder, header_read_timeout, metrics, draining }
+        Http1 { builder, header_read_timeout, metrics, draining, client_send_timeout }
     }
 }
 
@@ -193,6 +203,11 @@ struct ConnState {
     /// A request asked to switch protocols: the connection is served by hyper's upgradeable
     /// connection from then on (see the module docs).
     upgrade_asked: AtomicBool,
+    /// The socket refused a write and none has gone through since: the client is not taking
+    /// its response.
+    write_blocked: AtomicBool,
+    /// Times a refused write was followed by one that went through: the client took some.
+    unblocked: AtomicU64,
 }
 
 impl ConnState {
@@ -204,11 +219,21 @@ impl ConnState {
             idle_since_us: AtomicU64::new(0),
             start: Instant::now(),
             upgrade_asked: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+            unblocked: AtomicU64::new(0),
         }
     }
 
     fn touch(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write (or flush) went through: one load on the hot path, more only after a refusal.
+    fn wrote(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) {
+            self.write_blocked.store(false, Ordering::Relaxed);
+            self.unblocked.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn response_ended(&self) {
@@ -246,6 +271,34 @@ impl Checks {
         self.every = if busy { (self.every * 2).min(BUSY_CHECK_MAX) } else { PARK_AFTER };
         let next = now + self.every;
         Some(head_due.map_or(next, |due| due.min(next)))
+    }
+}
+
+/// Since when a client has taken nothing of its response, as the periodic check sees it.
+#[derive(Default)]
+struct SendStall {
+    /// When the check first saw the current refusal, and the `unblocked` count then.
+    since: Option<(Instant, u64)>,
+}
+
+impl SendStall {
+    /// Whether the client has taken nothing for `limit`: a write was refused, and none went
+    /// through since the check first saw that (so it counts from a check, at most one check
+    /// period late).
+    fn over(&mut self, state: &ConnState, limit: Duration) -> bool {
+        if !state.write_blocked.load(Ordering::Relaxed) {
+            self.since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let unblocked = state.unblocked.load(Ordering::Relaxed);
+        match self.since {
+            Some((since, seen)) if seen == unblocked => now.duration_since(since) >= limit,
+            _ => {
+                self.since = Some((now, unblocked));
+                false
+            }
+        }
     }
 }
 
@@ -328,6 +381,7 @@ impl Segment<'_> {
         };
         let mut seen = state.activity.load(Ordering::Relaxed);
         let mut checks = Checks { every: PARK_AFTER };
+        let mut stall = SendStall::default();
         let mut check = pin!(tokio::time::sleep_until((Instant::now() + PARK_AFTER).min(head_deadline)));
         let mut stop = pin!(shutting_down(shutdown));
         let draining = &*http1.draining;
@@ -347,15 +401,14 @@ impl Segment<'_> {
                 if let Poll::Ready(r) = conn.poll_without_shutdown(cx) {
                     return Poll::Ready(Woke::Conn(r));
                 }
-                if closing {
-                    return Poll::Pending;
-                }
-                if !stop_polled || draining.load(Ordering::Relaxed) {
+                if !closing && (!stop_polled || draining.load(Ordering::Relaxed)) {
                     stop_polled = true;
                     if stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Woke::Stop);
                     }
                 }
+                // Checked while closing too: a client that takes nothing of a response still
+                // being written must not hold the connection.
                 if !check_polled || check.is_elapsed() {
                     check_polled = true;
                     if check.as_mut().poll(cx).is_ready() {
@@ -373,12 +426,19 @@ impl Segment<'_> {
                     Pin::new(&mut conn).graceful_shutdown();
                 }
                 Woke::Check => {
+                    if stall.over(state, http1.client_send_timeout) {
+                        client_took_nothing(peer, http1.client_send_timeout);
+                        return Ended::Done;
+                    }
                     let Some(next) = checks.next(state, head_due) else {
                         tracing::debug!(peer = %peer, "no request head within the header read timeout; closing");
                         return Ended::Done;
                     };
                     check.as_mut().reset(next);
                     check_polled = false;
+                    if closing {
+                        continue;
+                    }
                     let busy = state.busy();
                     let activity = state.activity.load(Ordering::Relaxed);
                     if activity != seen {
@@ -419,6 +479,10 @@ impl Segment<'_> {
                         conn.as_mut().graceful_shutdown();
                     }
                     () = check.as_mut() => {
+                        if stall.over(state, http1.client_send_timeout) {
+                            client_took_nothing(peer, http1.client_send_timeout);
+                            return Ended::Done;
+                        }
                         let Some(next) = checks.next(state, head_due) else {
                             tracing::debug!(peer = %peer, "no request head within the header read timeout; closing");
                             return Ended::Done;
@@ -444,6 +508,14 @@ impl Segment<'_> {
         let _ = socket.shutdown().await;
         Ended::Done
     }
+}
+
+fn client_took_nothing(peer: SocketAddr, limit: Duration) {
+    tracing::info!(
+        peer = %peer,
+        client_send_timeout_ms = limit.as_millis() as u64,
+        "the client took nothing of its response for client_send_timeout_ms; closing the connection"
+    );
 }
 
 /// Counts a request as in flight until its response body has ended or been dropped.
@@ -513,6 +585,22 @@ impl<I> Rewind<I> {
         }
         r
     }
+
+    /// A write or flush: a sign of life when it went through, and either way what the
+    /// send-stall check needs to know.
+    fn wrote<T>(&self, r: Poll<T>, touch: bool) -> Poll<T> {
+        if let Some(state) = &self.activity {
+            if r.is_ready() {
+                if touch {
+                    state.touch();
+                }
+                state.wrote();
+            } else {
+                state.write_blocked.store(true, Ordering::Relaxed);
+            }
+        }
+        r
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
@@ -534,7 +622,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
 impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.touch(r)
+        self.wrote(r, true)
     }
 
     fn poll_write_vectored(
@@ -543,15 +631,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.touch(r)
+        self.wrote(r, true)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
+    /// TLS buffers what is written and may refuse a flush instead.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(r, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
