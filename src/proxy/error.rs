@@ -17,6 +17,10 @@ pub(crate) enum Failure {
     /// No `[[route]]` matches the request.
     #[error("no route matches")]
     NoRoute,
+    /// The request's framing is ambiguous or not one the proxy passes on (the reason says
+    /// which): never forwarded, and the connection closes after the answer (RFC 9112 §6.3).
+    #[error("request framing refused: {0}")]
+    BadFraming(&'static str),
     /// The session could not be read and `on_store_error = "fail"`: the upstream is not called.
     #[error("session store read failed: {0}")]
     StoreRead(StoreError),
@@ -57,6 +61,7 @@ impl Failure {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::BadFraming(_) => StatusCode::BAD_REQUEST,
             Failure::ClientBodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
             Failure::Upstream(_) | Failure::BadUpdate(_) | Failure::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
             Failure::Interrupted => StatusCode::CONFLICT,
@@ -75,6 +80,10 @@ impl Failure {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if let Failure::BadFraming(_) = self {
+            // Where the next request would start is not certain.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
@@ -85,6 +94,9 @@ impl Failure {
         let status = self.status().as_u16();
         match self {
             Failure::NoRoute => {}
+            Failure::BadFraming(reason) => {
+                tracing::warn!(request_id, status, reason, "request framing refused; closing the connection");
+            }
             Failure::StoreRead(error) => {
                 tracing::warn!(request_id, route, status, error = %error, "session store read failed; answering 503");
             }
@@ -140,6 +152,7 @@ impl From<SaveError> for Failure {
 
 fn status_text(status: StatusCode) -> &'static str {
     match status {
+        StatusCode::BAD_REQUEST => "400 Bad Request\n",
         StatusCode::NOT_FOUND => "404 Not Found\n",
         StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         StatusCode::CONFLICT => "409 Conflict\n",
@@ -157,6 +170,7 @@ mod tests {
     fn every_failure_has_its_status_and_store_failures_say_when_to_retry() {
         let cases = [
             (Failure::NoRoute, 404),
+            (Failure::BadFraming("both Content-Length and Transfer-Encoding"), 400),
             (Failure::ClientBodyIdle(Duration::from_secs(1)), 408),
             (Failure::BadUpdate(BadHeaders::UpdateAndPatch), 502),
             (Failure::Interrupted, 409),
@@ -171,6 +185,7 @@ mod tests {
             assert_eq!(resp.status().as_u16(), status, "{failure}");
             assert_eq!(resp.headers().get(header::RETRY_AFTER).is_some(), status == 503, "{failure}");
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+            assert_eq!(resp.headers().get(header::CONNECTION).is_some(), status == 400, "{failure}");
         }
     }
 }

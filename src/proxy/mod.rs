@@ -27,7 +27,7 @@ use crate::route::{self, Route, RouteTable};
 use crate::session::{protocol, SessionEvent, SessionLayer};
 use crate::store::Store;
 use client::{PooledBody, UpstreamClient, UpstreamError};
-use error::Failure;
+pub(crate) use error::Failure;
 use headers::X_REQUEST_ID;
 use http_body_util::Either;
 use request_body::{BodyWatch, StallWatch, UpstreamBody};
@@ -97,18 +97,43 @@ impl Proxy {
             store_time: Duration::ZERO,
             upstream_time: None,
         };
-        // For the access log, when it is on; a `Uri` clone shares the bytes hyper parsed.
-        let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
-            .then(|| (req.method().clone(), req.uri().clone()));
+        let logged = logged(&req);
+        let result = self.forward(&app, req, conn, &request_id, &mut out).await;
+        self.answer(result, start, request_id, &out, logged)
+    }
 
-        let mut resp = match self.forward(&app, req, conn, &request_id, &mut out).await {
+    /// Answers a request the connection refused before it reached [`Proxy::handle`] (its
+    /// framing), logged and counted like any other failure.
+    pub(crate) fn refuse(&self, req: Request<Incoming>, failure: Failure) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let request_id = headers::request_id(req.headers());
+        let out = Outcome {
+            route: None,
+            session: SessionEvent::None,
+            store_time: Duration::ZERO,
+            upstream_time: None,
+        };
+        let logged = logged(&req);
+        self.answer(Err(failure), start, request_id, &out, logged)
+    }
+
+    /// The response to the client: the upstream's, or the failure's; with the request id,
+    /// counted, and written to the access log.
+    fn answer(
+        &self,
+        result: Result<Response<ProxyBody>, Failure>,
+        start: Instant,
+        request_id: HeaderValue,
+        out: &Outcome,
+        logged: Option<(http::Method, Uri)>,
+    ) -> Response<ProxyBody> {
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(failure) => {
                 failure.log(rid(&request_id), out.route.as_deref().map_or("-", |r| r.prefix.as_str()));
                 failure.response()
             }
         };
-        resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
         let status = resp.status();
         let elapsed = start.elapsed();
 
@@ -132,6 +157,7 @@ impl Proxy {
                 upstream_ms = out.upstream_time.map(ms),
             );
         }
+        resp.headers_mut().insert(&X_REQUEST_ID, request_id);
         resp
     }
 
@@ -143,6 +169,11 @@ impl Proxy {
         request_id: &HeaderValue,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Failure> {
+        // A request with a body: only a lone `chunked` coding is passed on (most requests have
+        // no body, and no header lookup).
+        if !http_body::Body::is_end_stream(req.body()) && headers::transfer_coding_refused(req.headers()) {
+            return Err(Failure::BadFraming("a Transfer-Encoding other than a lone chunked"));
+        }
         let session_cfg = app.session.config();
         // Always, on every route: a client can never forge a session.
         let forged = protocol::strip_protocol_headers(
@@ -303,6 +334,13 @@ impl Proxy {
             Failure::Upstream(e)
         }
     }
+}
+
+/// The method and target for the access log, when it is on; a `Uri` clone shares the bytes
+/// hyper parsed.
+fn logged(req: &Request<Incoming>) -> Option<(http::Method, Uri)> {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone()))
 }
 
 /// The request id for log lines; ids are checked to be visible ASCII when taken or made.

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::limits::Limits;
 use super::parking::{self, shutting_down, Handler, Http1, Rewind, Socket};
 use crate::admission::Admitted;
-use crate::proxy::{headers, ConnInfo, Proxy, ProxyBody};
+use crate::proxy::{headers, ConnInfo, Failure, Proxy, ProxyBody};
 
 /// The HTTP/2 connection preface a client with prior knowledge opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -167,6 +167,10 @@ impl Handler for ProxyHandler {
 
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
         self.proxy.handle(req, &self.info)
+    }
+
+    fn refuse_ambiguous(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        self.proxy.refuse(req, Failure::BadFraming("both Content-Length and Transfer-Encoding"))
     }
 }
 

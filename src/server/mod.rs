@@ -29,6 +29,7 @@ use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
 
 mod conn;
+mod framing;
 mod http2;
 mod limits;
 mod open_files;

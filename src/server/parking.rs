@@ -30,6 +30,14 @@
 //! to send) and no write has gone through since. The write path only notes a refusal and the
 //! first write after it, so a request costs no timer and no clock read for this.
 //!
+//! # Framing
+//!
+//! hyper reads a request with both `Content-Length` and `Transfer-Encoding` as chunked and
+//! drops the `Content-Length` before the handler sees it; the proxy refuses such requests.
+//! So the bytes a connection reads also go through a `framing::Scanner` (carried across
+//! parks), and a request whose head carried both goes to [`Handler::refuse_ambiguous`]
+//! instead of [`Handler::handle`]. Scanning costs a pass over each head's line ends.
+//!
 //! # Upgrades
 //!
 //! `poll_without_shutdown` cannot hand a connection to hyper's upgrade machinery: when a `101`
@@ -61,6 +69,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::framing::Scanner;
 use crate::admission::Admitted;
 use crate::metrics::Metrics;
 
@@ -136,6 +145,11 @@ pub(super) trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// The response to one request. Called in the boxed request future, so that the future it
     /// returns is made in place there rather than moved in.
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Self::Body>> + Send + '_;
+
+    /// The response to a request whose head carried both `Content-Length` and
+    /// `Transfer-Encoding` (see the module docs): never handled, and it should close the
+    /// connection (hyper already will).
+    fn refuse_ambiguous(&self, req: Request<Incoming>) -> Response<Self::Body>;
 }
 
 /// Serves one HTTP/1 connection until it closes, is upgraded, fails, or the server shuts down,
@@ -156,13 +170,16 @@ pub(super) async fn serve<S, H>(
     <H::Body as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let state = Arc::new(ConnState::new());
+    let mut framing = Scanner::new();
+    framing.scan(&unread);
     loop {
         let segment = Segment { http1, state: &state, peer, head_deadline };
         // Boxed: a parked connection's task then holds only this loop's few words.
-        let segment = Box::pin(segment.run(socket, unread, handler.clone(), shutdown));
-        let Ended::Parked { socket: s, unread: u } = segment.await else { return };
+        let segment = Box::pin(segment.run(socket, unread, framing, handler.clone(), shutdown));
+        let Ended::Parked { socket: s, unread: u, framing: f } = segment.await else { return };
         socket = s;
         unread = u;
+        framing = f;
         // A segment parks only after a request: the end of its response started the wait for
         // the next head.
         head_deadline = state.next_head_due(http1.header_read_timeout);
@@ -208,6 +225,9 @@ struct ConnState {
     write_blocked: AtomicBool,
     /// Times a refused write was followed by one that went through: the client took some.
     unblocked: AtomicU64,
+    /// The index of the first request whose head carried both framing headers; `u64::MAX`
+    /// while there is none.
+    ambiguous_from: AtomicU64,
 }
 
 impl ConnState {
@@ -221,6 +241,7 @@ impl ConnState {
             upgrade_asked: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             unblocked: AtomicU64::new(0),
+            ambiguous_from: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -315,9 +336,9 @@ enum Woke {
 
 /// How a segment ended.
 enum Ended<S> {
-    /// Idle after at least one request: the socket and what hyper had read of the next
-    /// request.
-    Parked { socket: S, unread: Bytes },
+    /// Idle after at least one request: the socket, what hyper had read of the next request,
+    /// and the framing scanner, which has seen those bytes.
+    Parked { socket: S, unread: Bytes, framing: Scanner },
     /// Closed, upgraded, failed or shut down: the connection is over.
     Done,
 }
@@ -337,6 +358,7 @@ impl Segment<'_> {
         self,
         socket: S,
         unread: Bytes,
+        framing: Scanner,
         handler: H,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended<S>
@@ -350,7 +372,8 @@ impl Segment<'_> {
             let state = state.clone();
             service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
-                state.requests.fetch_add(1, Ordering::Relaxed);
+                let index = state.requests.fetch_add(1, Ordering::Relaxed);
+                let ambiguous = index >= state.ambiguous_from.load(Ordering::Relaxed);
                 state.in_flight.fetch_add(1, Ordering::Relaxed);
                 state.touch();
                 if req.headers().contains_key(http::header::UPGRADE) {
@@ -361,12 +384,13 @@ impl Segment<'_> {
                 // Boxed: hyper keeps the slot for a connection's request future for the
                 // connection's whole life, and the handler's future is several KiB.
                 crate::boxed::pin_in_place(|| async move {
-                    let resp = handler.handle(req).await;
+                    let resp =
+                        if ambiguous { handler.refuse_ambiguous(req) } else { handler.handle(req).await };
                     Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _guard: guard }))
                 })
             })
         };
-        let io = Rewind::counted(socket, unread, state.clone());
+        let io = Rewind::counted(socket, unread, state.clone(), framing);
         let mut conn = http1.builder.serve_connection(TokioIo::new(io), service);
 
         let requests_before = state.requests.load(Ordering::Relaxed);
@@ -494,14 +518,14 @@ impl Segment<'_> {
         }
 
         let parts = conn.into_parts();
-        let (mut socket, rest) = parts.io.into_inner().into_parts();
+        let (mut socket, rest, framing) = parts.io.into_inner().into_counted_parts();
         let unread = join(rest, parts.read_buf);
         if let Err(e) = result {
             tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
             return Ended::Done;
         }
         if parking {
-            return Ended::Parked { socket, unread };
+            return Ended::Parked { socket, unread, framing };
         }
         // Closed by the client, by `Connection: close`, or for shutdown: what hyper's own
         // connection future does at the end.
@@ -558,29 +582,42 @@ impl<B: Body> Body for Tracked<B> {
 
 /// An IO that reads `prefix` first (bytes already taken off the socket: by the protocol
 /// sniffer, or by the last segment) and, for a segment's hyper, counts every read and write as
-/// a sign of life of the connection.
+/// a sign of life of the connection and passes what it reads to the framing scanner.
 pub(super) struct Rewind<I> {
     io: I,
     prefix: Bytes,
-    activity: Option<Arc<ConnState>>,
+    /// A segment's: the connection's state, and the scanner that has seen every byte read
+    /// before (the prefix included).
+    counted: Option<(Arc<ConnState>, Scanner)>,
 }
 
 impl<I> Rewind<I> {
     pub fn new(io: I, prefix: Bytes) -> Rewind<I> {
-        Rewind { io, prefix, activity: None }
+        Rewind { io, prefix, counted: None }
     }
 
-    fn counted(io: I, prefix: Bytes, state: Arc<ConnState>) -> Rewind<I> {
-        Rewind { io, prefix, activity: Some(state) }
+    fn counted(io: I, prefix: Bytes, state: Arc<ConnState>, framing: Scanner) -> Rewind<I> {
+        Rewind { io, prefix, counted: Some((state, framing)) }
     }
 
     /// The IO and whatever of the prefix was not read.
+    #[cfg(test)]
     fn into_parts(self) -> (I, Bytes) {
         (self.io, self.prefix)
     }
 
+    /// The IO, whatever of the prefix was not read, and the framing scanner.
+    fn into_counted_parts(self) -> (I, Bytes, Scanner) {
+        let framing = self.counted.map_or_else(Scanner::new, |(_, framing)| framing);
+        (self.io, self.prefix, framing)
+    }
+
+    fn state(&self) -> Option<&ConnState> {
+        self.counted.as_ref().map(|(state, _)| &**state)
+    }
+
     fn touch<T>(&self, r: Poll<T>) -> Poll<T> {
-        if let (Some(state), true) = (&self.activity, r.is_ready()) {
+        if let (Some(state), true) = (self.state(), r.is_ready()) {
             state.touch();
         }
         r
@@ -589,7 +626,7 @@ impl<I> Rewind<I> {
     /// A write or flush: a sign of life when it went through, and either way what the
     /// send-stall check needs to know.
     fn wrote<T>(&self, r: Poll<T>, touch: bool) -> Poll<T> {
-        if let Some(state) = &self.activity {
+        if let Some(state) = self.state() {
             if r.is_ready() {
                 if touch {
                     state.touch();
@@ -614,7 +651,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
             buf.put_slice(&self.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
+        let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let (Some((state, framing)), Poll::Ready(Ok(()))) = (&mut self.counted, &r) {
+            framing.scan(&buf.filled()[before..]);
+            if let Some(index) = framing.ambiguous() {
+                state.ambiguous_from.store(index, Ordering::Relaxed);
+            }
+        }
         self.touch(r)
     }
 }
