@@ -2,7 +2,8 @@
 //! the admin listener's own cap), the open-file limit checked at start, an upstream that stops
 //! sending its response body (`upstream_read_timeout_ms`, per route `read_timeout_ms`), a
 //! client that takes nothing of its response (`client_send_timeout_ms`, HTTP/1.1 and HTTP/2),
-//! idle HTTP/2 connections that answer pings.
+//! idle HTTP/2 connections that answer pings, and a SIGHUP reload whose file takes long to
+//! read (it must not hold up accepting).
 //!
 //! All on loopback. No timed assertions: waits are hang guards and bounded polls; where a test
 //! shows that something does *not* happen (a client waiting at the cap), the check can only
@@ -259,6 +260,7 @@ async fn the_admin_listener_has_its_own_small_cap() {
 struct Process {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -287,7 +289,7 @@ impl Process {
                 kept.lock().unwrap().push(line);
             }
         });
-        Process { child, lines, _dir: dir }
+        Process { child, lines, config: path, _dir: dir }
     }
 
     /// The first log line whose message is `message`; `None` when the process exits first.
@@ -338,9 +340,13 @@ impl Drop for Process {
 }
 
 fn binary_config(server_extra: &str) -> String {
+    binary_config_to("http://127.0.0.1:9", server_extra)
+}
+
+fn binary_config_to(upstream: &str, server_extra: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server_extra}\n\
-         [session]\nsecrets = [\"s\"]\n[[route]]\nprefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\n"
+         [session]\nsecrets = [\"s\"]\nsecure = false\n[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\nsession = false\n"
     )
 }
 
@@ -556,4 +562,44 @@ async fn idle_http2_connections_close_even_when_they_answer_pings() {
     assert!(ended.is_ok(), "closed gracefully (GOAWAY): {ended:?}");
     wait_metric(&proxy, "session_proxy_open_connections", 0.0).await;
     proxy.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload
+// ---------------------------------------------------------------------------------------------
+
+/// SIGHUP reads the config (and the certificate and key) off the thread that accepts
+/// connections: while a reload waits on a file that takes long to read (here a FIFO nobody
+/// writes yet), new connections are accepted and served within a second; then the reload
+/// finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stuck_reading_its_file_does_not_hold_up_accepting() {
+    let up = upstream(|_req| async { Response::new(full("ok")) }).await;
+    let config = binary_config_to(&up.url(), "");
+    let mut proc = Process::start(&config, "true");
+    let listening = proc.line("listening").await.unwrap_or_else(|| panic!("did not start: {}", proc.log()));
+    let addr: SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+
+    std::fs::remove_file(&proc.config).unwrap();
+    let made = Command::new("mkfifo").arg(&proc.config).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let hup = Command::new("kill").arg("-HUP").arg(proc.child.id().to_string()).status().unwrap();
+    assert!(hup.success());
+    proc.line("SIGHUP: reloading the config").await.unwrap_or_else(|| panic!("no reload: {}", proc.log()));
+
+    for i in 0..5 {
+        let answer = tokio::time::timeout(SERVED_WITHIN, get(&format!("http://{addr}/"))).await;
+        let (status, _, body) = answer.unwrap_or_else(|_| panic!("request {i} waited for the reload"));
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    }
+    assert!(
+        !proc.lines.lock().unwrap().iter().any(|l| l.contains("config reloaded")),
+        "the reload did not wait"
+    );
+
+    // Opening a FIFO for writing waits for its reader: the reload thread, already waiting.
+    let (path, text) = (proc.config.clone(), config.clone());
+    let fed = std::thread::spawn(move || std::fs::write(path, text));
+    proc.line("config reloaded").await.unwrap_or_else(|| panic!("the reload never finished: {}", proc.log()));
+    fed.join().unwrap().unwrap();
 }
