@@ -98,8 +98,12 @@ impl Proxy {
             upstream_time: None,
         };
         let logged = logged(&req);
-        let result = self.forward(&app, req, conn, &request_id, &mut out).await;
-        self.answer(result, start, request_id, &out, logged)
+        let mut resp = match self.forward(&app, req, conn, &request_id, &mut out).await {
+            Ok(resp) => resp,
+            Err(failure) => failed(&failure, &request_id, &out),
+        };
+        self.finish(&mut resp, start, request_id, &out, logged);
+        resp
     }
 
     /// Answers a request the connection refused before it reached [`Proxy::handle`] (its
@@ -114,26 +118,20 @@ impl Proxy {
             upstream_time: None,
         };
         let logged = logged(&req);
-        self.answer(Err(failure), start, request_id, &out, logged)
+        let mut resp = failed(&failure, &request_id, &out);
+        self.finish(&mut resp, start, request_id, &out, logged);
+        resp
     }
 
-    /// The response to the client: the upstream's, or the failure's; with the request id,
-    /// counted, and written to the access log.
-    fn answer(
+    /// The last touches of every response: the request id, the metrics and the access log.
+    fn finish(
         &self,
-        result: Result<Response<ProxyBody>, Failure>,
+        resp: &mut Response<ProxyBody>,
         start: Instant,
         request_id: HeaderValue,
         out: &Outcome,
         logged: Option<(http::Method, Uri)>,
-    ) -> Response<ProxyBody> {
-        let mut resp = match result {
-            Ok(resp) => resp,
-            Err(failure) => {
-                failure.log(rid(&request_id), out.route.as_deref().map_or("-", |r| r.prefix.as_str()));
-                failure.response()
-            }
-        };
+    ) {
         let status = resp.status();
         let elapsed = start.elapsed();
 
@@ -158,7 +156,6 @@ impl Proxy {
             );
         }
         resp.headers_mut().insert(&X_REQUEST_ID, request_id);
-        resp
     }
 
     async fn forward(
@@ -334,6 +331,12 @@ impl Proxy {
             Failure::Upstream(e)
         }
     }
+}
+
+/// The proxy's own answer to a failed request, logged with the request id and route.
+fn failed(failure: &Failure, request_id: &HeaderValue, out: &Outcome) -> Response<ProxyBody> {
+    failure.log(rid(request_id), out.route.as_deref().map_or("-", |r| r.prefix.as_str()));
+    failure.response()
 }
 
 /// The method and target for the access log, when it is on; a `Uri` clone shares the bytes

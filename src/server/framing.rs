@@ -56,14 +56,17 @@ struct Head {
     line: Line,
 }
 
-/// The current line of a head, as far as it has been read.
+/// The current line of a head, as far as it has been read, when it is split across reads.
 #[derive(Debug, Clone, Default)]
 struct Line {
-    /// Bytes of the line seen so far (a lone `\r` makes it no less empty).
-    len: usize,
+    /// A header line (the request line has been seen).
+    header: bool,
+    /// Bytes of the line seen so far, up to 255 (only "none", "one" and "fewer than 8"
+    /// matter).
+    len: u8,
     /// The header name, lowercased, while it is short enough to matter.
     name: [u8; NAME_MAX],
-    name_len: usize,
+    name_len: u8,
     /// Past the name's colon (header lines), or past the name's room (anything else).
     named: bool,
     /// What the line is, once named.
@@ -129,42 +132,45 @@ impl Scanner {
         }
     }
 
-    /// Reads head bytes up to and including the next line end; returns the rest.
+    /// Reads head bytes up to and including the next line end; returns the rest. A line that
+    /// is all in `bytes` (nearly every one) is looked at in place; one split across reads is
+    /// followed a byte at a time.
     fn head<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
         let State::Head(head) = &mut self.state else { return bytes };
-        let (part, rest, ends) = match memchr::memchr(b'\n', bytes) {
-            Some(at) => (&bytes[..at], &bytes[at + 1..], true),
-            None => (bytes, &[][..], false),
+        let Some(at) = memchr::memchr(b'\n', bytes) else {
+            head.line.read(bytes, head.started);
+            return &[];
         };
-        head.line.read(part, head.started);
-        if ends {
-            self.end_line();
-        }
-        rest
+        let line = &bytes[..at];
+        let seen = if head.line.len == 0 {
+            Seen::of(line.strip_suffix(b"\r").unwrap_or(line), head.started)
+        } else {
+            head.line.read(line, head.started);
+            std::mem::take(&mut head.line).seen()
+        };
+        self.line(seen);
+        &bytes[at + 1..]
     }
 
-    fn end_line(&mut self) {
+    fn line(&mut self, seen: Seen) {
         let State::Head(head) = &mut self.state else { return };
-        let line = std::mem::take(&mut head.line);
-        let empty = line.len == 0 || (line.len == 1 && line.name[..line.name_len] == [b'\r']);
-        if !head.started {
+        match seen {
             // Empty lines before a request line are skipped (RFC 9112 §2.2).
-            if !empty {
+            Seen::Empty if !head.started => {}
+            Seen::RequestLine { connect } => {
                 head.started = true;
-                head.switches |= line.method == *b"CONNECT ";
+                head.switches |= connect;
             }
-            return;
+            Seen::Header(Kind::ContentLength, value) => head.content_length = Some(value.unwrap_or(u64::MAX)),
+            Seen::Header(Kind::TransferEncoding, _) => head.transfer_encoding = true,
+            Seen::Header(Kind::Upgrade, _) => head.switches = true,
+            Seen::Header(Kind::Other, _) => {}
+            Seen::Empty => self.end_head(),
         }
-        if !empty {
-            match line.kind {
-                Kind::ContentLength => head.content_length = Some(line.value.unwrap_or(u64::MAX)),
-                Kind::TransferEncoding => head.transfer_encoding = true,
-                Kind::Upgrade => head.switches = true,
-                Kind::Other => {}
-            }
-            return;
-        }
-        // The end of the head.
+    }
+
+    fn end_head(&mut self) {
+        let State::Head(head) = &mut self.state else { return };
         let index = self.heads;
         self.heads += 1;
         let head = std::mem::take(head);
@@ -234,20 +240,79 @@ impl Scanner {
     }
 }
 
+/// What a whole line of a head says.
+enum Seen {
+    Empty,
+    RequestLine {
+        connect: bool,
+    },
+    /// A header that matters (with a `Content-Length` value, `None` when not a number), or
+    /// any other.
+    Header(Kind, Option<u64>),
+}
+
+impl Seen {
+    /// A line without its line end; `header` once the request line has been seen.
+    fn of(line: &[u8], header: bool) -> Seen {
+        if line.is_empty() {
+            return Seen::Empty;
+        }
+        if !header {
+            return Seen::RequestLine { connect: line.starts_with(b"CONNECT ") };
+        }
+        let named = |name: &[u8]| {
+            let value = line.get(name.len() + 1..)?;
+            (line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name)).then_some(value)
+        };
+        // Only three names matter, and they start with three letters.
+        match line[0] | 0x20 {
+            b'c' => match named(b"content-length") {
+                Some(value) => Seen::Header(Kind::ContentLength, length(value)),
+                None => Seen::Header(Kind::Other, None),
+            },
+            b't' if named(b"transfer-encoding").is_some() => Seen::Header(Kind::TransferEncoding, None),
+            b'u' if named(b"upgrade").is_some() => Seen::Header(Kind::Upgrade, None),
+            _ => Seen::Header(Kind::Other, None),
+        }
+    }
+}
+
+/// A `Content-Length` value: digits between optional whitespace.
+fn length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
 impl Line {
+    /// What the line, read whole, said: as [`Seen::of`] would.
+    fn seen(self) -> Seen {
+        if self.len == 0 || (self.len == 1 && self.name[0] == b'\r') {
+            Seen::Empty
+        } else if !self.header {
+            Seen::RequestLine { connect: self.method == *b"CONNECT " }
+        } else {
+            Seen::Header(self.kind, self.value.filter(|_| self.digits))
+        }
+    }
+
     /// Reads `part`, the next bytes of the line (without its `\n`).
     fn read(&mut self, part: &[u8], header: bool) {
+        self.header = header;
         let mut part = part;
-        if !header && self.len < self.method.len() {
-            let n = (self.method.len() - self.len).min(part.len());
-            self.method[self.len..self.len + n].copy_from_slice(&part[..n]);
+        let len = usize::from(self.len);
+        if !header && len < self.method.len() {
+            let n = (self.method.len() - len).min(part.len());
+            self.method[len..len + n].copy_from_slice(&part[..n]);
         }
-        self.len += part.len();
+        self.len = u8::try_from(len + part.len()).unwrap_or(u8::MAX);
         if !self.named {
             for (i, &b) in part.iter().enumerate() {
                 if b == b':' && header {
                     self.named = true;
-                    self.kind = match &self.name[..self.name_len] {
+                    self.kind = match &self.name[..usize::from(self.name_len)] {
                         b"content-length" => Kind::ContentLength,
                         b"transfer-encoding" => Kind::TransferEncoding,
                         b"upgrade" => Kind::Upgrade,
@@ -257,12 +322,12 @@ impl Line {
                     part = &part[i + 1..];
                     break;
                 }
-                if self.name_len == NAME_MAX {
+                if usize::from(self.name_len) == NAME_MAX {
                     // Longer than any name that matters: the rest is not looked at.
                     self.named = true;
                     return;
                 }
-                self.name[self.name_len] = b.to_ascii_lowercase();
+                self.name[usize::from(self.name_len)] = b.to_ascii_lowercase();
                 self.name_len += 1;
             }
             if !self.named {
@@ -332,6 +397,11 @@ mod tests {
         // The same heads with the smuggled one as the fourth request.
         let s = scan_all(&[stream.as_bytes(), smuggled.as_bytes()]);
         assert_eq!(s.ambiguous(), Some(3));
+    }
+
+    #[test]
+    fn it_stays_small_a_parked_connection_holds_it() {
+        assert!(std::mem::size_of::<Scanner>() <= 96, "{}", std::mem::size_of::<Scanner>());
     }
 
     #[test]

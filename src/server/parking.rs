@@ -1,6 +1,7 @@
 //! HTTP/1 connections that give back their buffers while idle: [`serve`] runs one connection
 //! with hyper, handing each request to a handler, and between requests an idle connection
-//! holds only its socket. Everything else of the server and the proxy is ordinary hyper.
+//! holds only its socket (and the framing scanner's few dozen bytes, see below). Everything
+//! else of the server and the proxy is ordinary hyper.
 //!
 //! # Why
 //!
@@ -15,7 +16,7 @@
 //! written) for [`PARK_AFTER`]. Then hyper is told to close the idle connection, which it does
 //! at once and without writing anything, and the socket is taken back without a shutdown
 //! (`poll_without_shutdown`, `into_parts`), with any bytes hyper had read but not used. The
-//! parked connection holds only its socket until the client sends again; then a new segment
+//! parked connection holds only its socket (and scanner) until the client sends again; then a new segment
 //! picks up where the last one stopped, those bytes first. As nginx does between keep-alive
 //! requests.
 //!
@@ -174,7 +175,8 @@ pub(super) async fn serve<S, H>(
     framing.scan(&unread);
     loop {
         let segment = Segment { http1, state: &state, peer, head_deadline };
-        // Boxed: a parked connection's task then holds only this loop's few words.
+        // Boxed: a parked connection's task then holds only this loop's few words (the
+        // scanner's among them).
         let segment = Box::pin(segment.run(socket, unread, framing, handler.clone(), shutdown));
         let Ended::Parked { socket: s, unread: u, framing: f } = segment.await else { return };
         socket = s;
