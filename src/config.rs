@@ -34,6 +34,16 @@ use toml::de::{DeTable, DeValue};
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 /// `server.shutdown_grace_ms`: how long in-flight requests may finish after SIGTERM/SIGINT.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// `server.max_connections`: open client connections; at the cap, accepting pauses. Left
+/// unset, the server lowers it to what the process's open-file limit can hold (with a
+/// warning); set, a limit that cannot hold it stops the start.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// `server.upstream_read_timeout_ms`: the longest pause between two reads of an upstream's
+/// response body (nginx's `proxy_read_timeout`); 0 means never.
+pub const DEFAULT_UPSTREAM_READ_TIMEOUT_MS: u64 = 60_000;
+/// `server.client_send_timeout_ms`: a client that takes nothing of its response this long is
+/// dropped (nginx's `send_timeout`).
+pub const DEFAULT_CLIENT_SEND_TIMEOUT_MS: u64 = 60_000;
 /// `store.url`: the embedded in-process store (one process, lost on restart).
 pub const DEFAULT_STORE_URL: &str = "memory://";
 /// `store.key_prefix`: the prefix `remix-upstash-session` uses, so both can share sessions.
@@ -82,6 +92,9 @@ pub const DEFAULT_STRIP_PREFIX: bool = false;
 /// Upper bound of every `*_ms` key: one day. Anything longer is a typo, and "wait forever" is
 /// never what a proxy should do.
 pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// `server.max_connections` upper bound: a million connections need two million sockets
+/// (client and upstream), twice the default per-process ceiling of Linux (`fs.nr_open`).
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// `store.pool_size` upper bound: far more Redis connections than one proxy process can use;
 /// a bigger number is a typo that would exhaust Redis' connection limit (Upstash caps them).
 pub const MAX_POOL_SIZE: usize = 64;
@@ -138,6 +151,14 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Open client connections at most; `None` when the file does not set it: then
+    /// [`DEFAULT_MAX_CONNECTIONS`], lowered to what the open-file limit holds.
+    pub max_connections: Option<usize>,
+    /// The longest pause between two reads of an upstream's response body, for routes without
+    /// a `read_timeout_ms` of their own; `None`: never (the routes already carry the result).
+    pub upstream_read_timeout: Option<Duration>,
+    /// A client that takes nothing of its response this long is dropped.
+    pub client_send_timeout: Duration,
     /// Enables the session management endpoints of the admin listener.
     pub admin_token: Option<AdminToken>,
 }
@@ -290,6 +311,10 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Lowercased, without a port.
     pub host: Option<String>,
+    /// The longest pause between two reads of the upstream's response body: the route's
+    /// `read_timeout_ms`, else `server.upstream_read_timeout_ms`; `None`: never (long polls,
+    /// server-sent events).
+    pub read_timeout: Option<Duration>,
     /// Only sessions that meet it reach the upstream (`require`, `require_value`).
     pub require: Option<Requirement>,
 }
@@ -323,6 +348,11 @@ impl Config {
             ("server.listen", old_server.listen != new_server.listen),
             ("server.admin_listen", old_server.admin_listen != new_server.admin_listen),
             ("server.tls_cert/tls_key", old_server.tls != new_server.tls),
+            ("server.max_connections", old_server.max_connections != new_server.max_connections),
+            (
+                "server.client_send_timeout_ms",
+                old_server.client_send_timeout != new_server.client_send_timeout,
+            ),
             ("store.url", old_store.url != new_store.url),
             ("store.ca_file", old_store.ca_file != new_store.ca_file),
             ("store.pool_size", old_store.pool_size != new_store.pool_size),
@@ -640,6 +670,9 @@ struct ServerShape {
     upstream_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     admin_token: Option<String>,
+    max_connections: Option<u64>,
+    upstream_read_timeout_ms: Option<u64>,
+    client_send_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -685,6 +718,7 @@ struct RouteShape {
     session: Option<bool>,
     strip_prefix: Option<bool>,
     host: Option<String>,
+    read_timeout_ms: Option<u64>,
     require: Option<String>,
     require_value: Option<RequiredValueShape>,
 }
@@ -734,11 +768,13 @@ impl TryFrom<FileShape> for Config {
     type Error = ConfigError;
 
     fn try_from(shape: FileShape) -> Result<Config, ConfigError> {
+        let server = server_config(shape.server)?;
+        let read_timeout = server.upstream_read_timeout;
         Ok(Config {
-            server: server_config(shape.server)?,
+            server,
             store: store_config(shape.store)?,
             session: session_config(shape.session)?,
-            routes: route_configs(shape.route)?,
+            routes: route_configs(shape.route, read_timeout)?,
         })
     }
 }
@@ -773,6 +809,15 @@ fn server_config(shape: ServerShape) -> Result<ServerConfig, ConfigError> {
             shape.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
             "server.shutdown_grace_ms",
         )?,
+        max_connections: shape.max_connections.map(max_connections).transpose()?,
+        upstream_read_timeout: timeout_or_never(
+            shape.upstream_read_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_READ_TIMEOUT_MS),
+            "server.upstream_read_timeout_ms",
+        )?,
+        client_send_timeout: timeout(
+            shape.client_send_timeout_ms.unwrap_or(DEFAULT_CLIENT_SEND_TIMEOUT_MS),
+            "server.client_send_timeout_ms",
+        )?,
         admin_token: admin_token(shape.admin_token, admin_listen.is_some())?,
     })
 }
@@ -797,6 +842,13 @@ fn admin_token(token: Option<String>, admin_listen: bool) -> Result<Option<Admin
         ));
     }
     Ok(Some(AdminToken(token)))
+}
+
+fn max_connections(value: u64) -> Result<usize, ConfigError> {
+    match usize::try_from(value) {
+        Ok(n @ 1..=MAX_MAX_CONNECTIONS) => Ok(n),
+        _ => Err(invalid("server.max_connections", format!("must be between 1 and {MAX_MAX_CONNECTIONS}"))),
+    }
 }
 
 fn socket_addr(text: &str, key: &str) -> Result<SocketAddr, ConfigError> {
@@ -829,6 +881,14 @@ fn timeout(ms: u64, key: &str) -> Result<Duration, ConfigError> {
         return Err(invalid(key, format!("must be between 1 and {MAX_TIMEOUT_MS} milliseconds")));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// A `*_ms` value where 0 means never: `None`, else as [`timeout`].
+fn timeout_or_never(ms: u64, key: &str) -> Result<Option<Duration>, ConfigError> {
+    if ms > MAX_TIMEOUT_MS {
+        return Err(invalid(key, format!("must be between 0 (never) and {MAX_TIMEOUT_MS} milliseconds")));
+    }
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
 fn store_config(shape: StoreShape) -> Result<StoreConfig, ConfigError> {
@@ -1111,13 +1171,17 @@ fn header_name(name: &str, key: &str) -> Result<HeaderName, ConfigError> {
         .map_err(|_| invalid(key, format!("{name:?} is not a valid HTTP header name")))
 }
 
-fn route_configs(shapes: Vec<RouteShape>) -> Result<Vec<RouteConfig>, ConfigError> {
+/// The routes; `read_timeout` is `server.upstream_read_timeout_ms`, for routes without their own.
+fn route_configs(
+    shapes: Vec<RouteShape>,
+    read_timeout: Option<Duration>,
+) -> Result<Vec<RouteConfig>, ConfigError> {
     if shapes.is_empty() {
         return Err(invalid("route", "at least one [[route]] is required"));
     }
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(shapes.len());
     for (index, shape) in shapes.into_iter().enumerate() {
-        let route = route_config(shape, index)?;
+        let route = route_config(shape, index, read_timeout)?;
         // Two routes with the same host and prefix: the second could never match.
         if let Some(earlier) = routes.iter().position(|r| r.host == route.host && r.prefix == route.prefix) {
             return Err(invalid(
@@ -1130,7 +1194,11 @@ fn route_configs(shapes: Vec<RouteShape>) -> Result<Vec<RouteConfig>, ConfigErro
     Ok(routes)
 }
 
-fn route_config(shape: RouteShape, index: usize) -> Result<RouteConfig, ConfigError> {
+fn route_config(
+    shape: RouteShape,
+    index: usize,
+    read_timeout: Option<Duration>,
+) -> Result<RouteConfig, ConfigError> {
     let key = |name: &str| format!("route[{index}].{name}");
     let prefix = required(shape.prefix, &key("prefix"))?;
     route_prefix(&prefix).map_err(|reason| invalid(key("prefix"), reason))?;
@@ -1166,6 +1234,10 @@ fn route_config(shape: RouteShape, index: usize) -> Result<RouteConfig, ConfigEr
         strip_prefix: shape.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
         host,
         require,
+        read_timeout: match shape.read_timeout_ms {
+            Some(ms) => timeout_or_never(ms, &key("read_timeout_ms"))?,
+            None => read_timeout,
+        },
     })
 }
 
@@ -1359,6 +1431,9 @@ session = true                     # default true
         assert_eq!(server.admin_listen, None);
         assert_eq!(server.upstream_timeout, Duration::from_millis(30_000));
         assert_eq!(server.shutdown_grace, Duration::from_millis(30_000));
+        assert_eq!(server.max_connections, None, "unset: the server derives it (DEFAULT_MAX_CONNECTIONS)");
+        assert_eq!(server.upstream_read_timeout, Some(Duration::from_millis(60_000)));
+        assert_eq!(server.client_send_timeout, Duration::from_millis(60_000));
         let store = &config.store;
         assert_eq!(store.url, StoreUrl::Memory);
         assert_eq!(store.key_prefix, "_session:");
@@ -1385,6 +1460,7 @@ session = true                     # default true
         assert!(route.session);
         assert!(!route.strip_prefix);
         assert_eq!(route.host, None);
+        assert_eq!(route.read_timeout, Some(Duration::from_millis(60_000)));
     }
 
     #[test]
@@ -1397,6 +1473,9 @@ tls_key = "key.pem"
 admin_listen = "127.0.0.1:9901"
 upstream_timeout_ms = 5000
 shutdown_grace_ms = 100
+max_connections = 500
+upstream_read_timeout_ms = 7000
+client_send_timeout_ms = 8000
 
 [store]
 url = "rediss://default:TOKEN@example.upstash.io:6379"
@@ -1429,6 +1508,16 @@ upstream = "http://localhost:3000/"
 session = false
 strip_prefix = true
 host = "App.Example.com:443"
+read_timeout_ms = 0
+
+[[route]]
+prefix = "/api"
+upstream = "http://localhost:3001"
+read_timeout_ms = 2500
+
+[[route]]
+prefix = "/"
+upstream = "http://localhost:3002"
 "#;
         let config = parse(text);
         assert_eq!(config.server.listen, "[::1]:8443".parse().unwrap());
@@ -1436,6 +1525,9 @@ host = "App.Example.com:443"
         assert_eq!(config.server.admin_listen, Some("127.0.0.1:9901".parse().unwrap()));
         assert_eq!(config.server.upstream_timeout, Duration::from_millis(5000));
         assert_eq!(config.server.shutdown_grace, Duration::from_millis(100));
+        assert_eq!(config.server.max_connections, Some(500));
+        assert_eq!(config.server.upstream_read_timeout, Some(Duration::from_millis(7000)));
+        assert_eq!(config.server.client_send_timeout, Duration::from_millis(8000));
         assert!(config.store.url.is_tls());
         assert_eq!(config.store.key_prefix, "app:");
         assert_eq!(config.store.ca_file, Some(PathBuf::from("ca.pem")));
@@ -1461,6 +1553,9 @@ host = "App.Example.com:443"
         assert!(!route.session);
         assert!(route.strip_prefix);
         assert_eq!(route.host.as_deref(), Some("app.example.com"));
+        assert_eq!(route.read_timeout, None, "0: never");
+        assert_eq!(config.routes[1].read_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(config.routes[2].read_timeout, Some(Duration::from_millis(7000)), "the server's");
     }
 
     // --- TOML errors and unknown keys ---------------------------------------------------------
@@ -1662,6 +1757,35 @@ host = "App.Example.com:443"
         assert_error_names(&with("store", "timeout_ms = 0"), "store.timeout_ms");
         assert_error_names(&with("store", "timeout_ms = 86400001"), "store.timeout_ms");
         assert_error_names(&with("store", "timeout_ms = -5"), "store.timeout_ms");
+        assert_error_names(&with("server", "client_send_timeout_ms = 0"), "server.client_send_timeout_ms");
+    }
+
+    #[test]
+    fn read_timeouts_may_be_zero_for_never_and_are_bounded() {
+        let config = parse(&with("server", "upstream_read_timeout_ms = 0"));
+        assert_eq!(config.server.upstream_read_timeout, None);
+        assert_eq!(config.routes[0].read_timeout, None, "routes inherit the server's never");
+        assert_error_names(
+            &with("server", "upstream_read_timeout_ms = 86400001"),
+            "server.upstream_read_timeout_ms",
+        );
+        assert_error_names(&with("route", "read_timeout_ms = 86400001"), "route[0].read_timeout_ms");
+        assert_error_names(&with("route", "read_timeout_ms = -1"), "route[0].read_timeout_ms");
+    }
+
+    #[test]
+    fn max_connections_is_bounded() {
+        assert_eq!(parse(&with("server", "max_connections = 1")).server.max_connections, Some(1));
+        assert_eq!(
+            parse(&with("server", "max_connections = 1000000")).server.max_connections,
+            Some(MAX_MAX_CONNECTIONS)
+        );
+        for bad in ["0", "1000001", "-1", "\"many\""] {
+            assert_error_names(
+                &with("server", &format!("max_connections = {bad}")),
+                "server.max_connections",
+            );
+        }
     }
 
     // --- store --------------------------------------------------------------------------------
@@ -1998,6 +2122,8 @@ upstream = "http://h:2"
         new.session.rolling = true;
         new.store.key_prefix = "other:".to_owned();
         new.server.upstream_timeout = Duration::from_secs(1);
+        new.server.upstream_read_timeout = None;
+        new.routes[0].read_timeout = None;
         assert!(old.restart_required_changes(&new).is_empty(), "live-reloadable keys");
         new.server.listen = "127.0.0.1:9999".parse().unwrap();
         new.server.admin_listen = Some("127.0.0.1:9901".parse().unwrap());
@@ -2006,12 +2132,16 @@ upstream = "http://h:2"
         new.store.ca_file = Some("ca.pem".into());
         new.store.pool_size = 3;
         new.store.timeout = Duration::from_secs(2);
+        new.server.max_connections = Some(10);
+        new.server.client_send_timeout = Duration::from_secs(1);
         assert_eq!(
             old.restart_required_changes(&new),
             vec![
                 "server.listen",
                 "server.admin_listen",
                 "server.tls_cert/tls_key",
+                "server.max_connections",
+                "server.client_send_timeout_ms",
                 "store.url",
                 "store.ca_file",
                 "store.pool_size",
@@ -2037,6 +2167,9 @@ mod proptests {
         ("server", "admin_listen"),
         ("server", "upstream_timeout_ms"),
         ("server", "shutdown_grace_ms"),
+        ("server", "max_connections"),
+        ("server", "upstream_read_timeout_ms"),
+        ("server", "client_send_timeout_ms"),
         ("store", "url"),
         ("store", "key_prefix"),
         ("store", "ca_file"),
@@ -2063,6 +2196,7 @@ mod proptests {
         ("route", "session"),
         ("route", "strip_prefix"),
         ("route", "host"),
+        ("route", "read_timeout_ms"),
     ];
 
     /// Values of the required keys when a case does not set them.
@@ -2194,9 +2328,20 @@ mod proptests {
                 prop_assert_ne!(normalise_header_name(a.as_str()), normalise_header_name(b.as_str()));
             }
         }
-        for d in [c.server.upstream_timeout, c.server.shutdown_grace, c.store.timeout] {
+        let read_timeouts = c.routes.iter().filter_map(|r| r.read_timeout);
+        for d in [
+            c.server.upstream_timeout,
+            c.server.shutdown_grace,
+            c.store.timeout,
+            c.server.client_send_timeout,
+        ]
+        .into_iter()
+        .chain(c.server.upstream_read_timeout)
+        .chain(read_timeouts)
+        {
             prop_assert!(d > Duration::ZERO && d <= Duration::from_millis(MAX_TIMEOUT_MS));
         }
+        prop_assert!(c.server.max_connections.is_none_or(|n| (1..=MAX_MAX_CONNECTIONS).contains(&n)));
         prop_assert!((1..=MAX_POOL_SIZE).contains(&c.store.pool_size));
         prop_assert!(c.server.admin_listen != Some(c.server.listen) || c.server.listen.port() == 0);
         prop_assert!(!c.routes.is_empty());

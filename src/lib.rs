@@ -11,6 +11,8 @@
 //! - `admin`: the admin listener's `/healthz`, `/readyz`, `/metrics`, and the session
 //!   management endpoints.
 //! - [`manage`]: session management from the command line (`session-proxy sessions`).
+//! - `admission`: how many connections a listener holds at once (`server.max_connections`,
+//!   the admin listener's own cap); a connection's place travels with its socket.
 //! - `proxy`: one request: routing, hop-by-hop headers, the session seam, forwarding to the
 //!   upstream, upgrades, timeouts; `proxy::error` is the one table from failure to status
 //!   code.
@@ -35,6 +37,7 @@ pub mod store;
 pub mod tls;
 
 mod admin;
+mod admission;
 mod boxed;
 mod proxy;
 mod route;

@@ -14,12 +14,13 @@ use std::time::Duration;
 use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 /// A counter handle, resolved once and incremented on the hot path.
 pub(crate) type Counter = prometheus_client::metrics::counter::Counter;
+/// A gauge handle.
+pub(crate) type Gauge = prometheus_client::metrics::gauge::Gauge;
 /// A histogram handle, resolved once and observed on the hot path.
 pub(crate) type Histogram = prometheus_client::metrics::histogram::Histogram;
 
@@ -60,6 +61,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
 }
@@ -86,6 +92,11 @@ pub struct Metrics {
     cookies_rejected: Counter,
     forged_headers: Counter,
     open_connections: Gauge,
+    /// The cap on open client connections in effect (`server.max_connections`, or what the
+    /// open-file limit holds).
+    max_connections: Gauge,
+    /// Times a listener reached its connection cap and paused accepting.
+    cap_reached: Family<ListenerLabels, Counter>,
     parked_connections: Gauge,
     /// Every park so far.
     parks: Counter,
@@ -179,6 +190,18 @@ impl Metrics {
         );
         let open_connections = Gauge::default();
         registry.register("open_connections", "Open client connections", open_connections.clone());
+        let max_connections = Gauge::default();
+        registry.register(
+            "max_connections",
+            "The cap on open client connections in effect",
+            max_connections.clone(),
+        );
+        let cap_reached = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connection_cap_reached",
+            "Times a listener reached its connection cap and paused accepting until a connection closed",
+            cap_reached.clone(),
+        );
         let parked_connections = Gauge::default();
         registry.register(
             "parked_connections",
@@ -207,6 +230,8 @@ impl Metrics {
             cookies_rejected,
             forged_headers,
             open_connections,
+            max_connections,
+            cap_reached,
             parked_connections,
             parks,
             unmatched: RouteMetrics::placeholder(),
@@ -298,12 +323,19 @@ impl Metrics {
         self.forged_headers.inc_by(n as u64);
     }
 
-    pub(crate) fn connection_opened(&self) {
-        self.open_connections.inc();
+    /// The gauge of open client connections, which their tickets move (`admission`).
+    pub(crate) fn open_connections(&self) -> Gauge {
+        self.open_connections.clone()
     }
 
-    pub(crate) fn connection_closed(&self) {
-        self.open_connections.dec();
+    pub(crate) fn set_max_connections(&self, cap: usize) {
+        self.max_connections.set(i64::try_from(cap).unwrap_or(i64::MAX));
+    }
+
+    /// The counter of `listener`'s episodes at its connection cap, exposed at 0 from this call
+    /// on.
+    pub(crate) fn connection_cap_reached(&self, listener: &'static str) -> Counter {
+        self.cap_reached.get_or_create_owned(&ListenerLabels { listener })
     }
 
     pub(crate) fn connection_parked(&self) {
@@ -437,9 +469,10 @@ mod tests {
     #[test]
     fn open_connections_go_up_and_down() {
         let m = Metrics::new();
-        m.connection_opened();
-        m.connection_opened();
-        m.connection_closed();
+        let open = m.open_connections();
+        open.inc();
+        open.inc();
+        open.dec();
         m.connection_parked();
         let text = m.encode();
         assert!(text.contains("session_proxy_open_connections 1\n"));

@@ -6,6 +6,7 @@
 //! linear scan that stops at the first match.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
 
@@ -27,6 +28,8 @@ pub(crate) struct Route {
     pub strip_prefix: bool,
     /// Only sessions that meet it reach the upstream.
     pub require: Option<Requirement>,
+    /// The longest pause between two reads of the upstream's response body; `None`: never.
+    pub read_timeout: Option<Duration>,
     /// This route's metric handles, resolved once.
     pub metrics: RouteMetrics,
 }
@@ -54,6 +57,7 @@ impl RouteTable {
                     session: c.session,
                     strip_prefix: c.strip_prefix,
                     require: c.require.clone(),
+                    read_timeout: c.read_timeout,
                     metrics: metrics.route(&c.prefix),
                 })
             })
@@ -138,6 +142,7 @@ mod tests {
             strip_prefix: strip,
             host: host.map(str::to_string),
             require: None,
+            read_timeout: None,
         }
     }
 

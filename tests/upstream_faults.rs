@@ -331,3 +331,59 @@ async fn an_upstream_that_stops_reading_the_body_gets_504() {
         Err(e) => eprintln!("client saw the connection end before reading the 504: {e}"),
     }
 }
+
+/// An upstream that floods its response head, with too many header fields, one huge header,
+/// or header lines without end: 502, the upstream connection is closed once the limit is
+/// passed (hyper's buffer never grows past it), nothing panics, and others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_floods_its_response_head_gets_502() {
+    count_panics();
+    let ok = healthy().await;
+    let many: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many: &'static [u8] =
+        format!("HTTP/1.1 200 OK\r\n{many}content-length: 0\r\n\r\n").into_bytes().leak();
+    let huge: &'static [u8] =
+        format!("HTTP/1.1 200 OK\r\nx-huge: {}\r\ncontent-length: 0\r\n\r\n", "a".repeat(600 * 1024))
+            .into_bytes()
+            .leak();
+    let many = answers_with(many).await;
+    let huge = answers_with(huge).await;
+    // Header lines until the proxy hangs up; how much it took is reported.
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let endless = RawUpstream::start(move |mut stream: TcpStream| {
+        let sent_tx = sent_tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            if read_head(&mut stream, &mut buf).await.is_none() {
+                return;
+            }
+            let line = format!("x-more: {}\r\n", "b".repeat(1000));
+            let mut written = stream.write_all(b"HTTP/1.1 200 OK\r\n").await.map(|()| 0usize);
+            while let Ok(n) = written {
+                if n > 64 << 20 {
+                    break;
+                }
+                written = stream.write_all(line.as_bytes()).await.map(|()| n + line.len());
+            }
+            let _ = sent_tx.send(written.is_err());
+        }
+    })
+    .await;
+    let proxy = start_proxy(&format!(
+        "{}{}{}{}",
+        route("/ok", &ok.url(), false),
+        route("/many", &many.url(), true),
+        route("/huge", &huge.url(), false),
+        route("/endless", &endless.url(), false),
+    ))
+    .await;
+    let background = Background::start(proxy.url("/ok"));
+    for path in ["/many", "/huge", "/endless"] {
+        let (status, _, body) = guarded(path, get(&proxy.url(path))).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{path}: {body}");
+    }
+    let cut = guarded("the endless head's connection", sent.recv()).await.unwrap();
+    assert!(cut, "the proxy read 64 MiB of one response head");
+    background.finish(0).await;
+    assert_eq!(panics(), 0);
+}

@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admission::{Admitted, Gate};
 use crate::metrics::{Counter, Histogram, Metrics, StoreErrorCounters};
 use crate::proxy::App;
 use crate::store::{Store, StoreError};
@@ -35,6 +36,11 @@ const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After a failed `accept` (usually out of file descriptors), wait before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Open admin connections at most: probes and scrapers need a handful, and a flood of them
+/// must not eat the file descriptors the public listener counts on. At the cap, accepting
+/// pauses until one closes (idle ones close after [`ADMIN_HEADER_READ_TIMEOUT`]).
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 
 /// What `prometheus-client` writes: the OpenMetrics text format, which Prometheus negotiates
 /// and parses (a plain `text/plain; version=0.0.4` label would misdescribe the `# EOF` and
@@ -77,7 +83,12 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut sto
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "admin listening");
     }
+    let gate = Gate::new(MAX_CONNECTIONS, "admin", &state.metrics, None);
     loop {
+        let ticket = tokio::select! {
+            ticket = gate.admit() => ticket,
+            _ = stop.changed() => return,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -98,7 +109,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut sto
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(ADMIN_HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(Admitted::new(stream, ticket)), service);
             let _ = conn.await;
         });
     }

@@ -31,6 +31,16 @@ use tokio::time::Instant;
 
 use super::request_body::UpstreamBody;
 
+/// The largest response head an upstream may send (status line and headers, session updates
+/// included); past it the request gets 502 and the connection is closed. The largest that
+/// hyper's default read buffer allowed before it was set, so nothing that worked before fails.
+/// The count of header fields is hyper's default, 100: setting it would cost an allocation
+/// per response.
+pub(crate) const MAX_HEAD_BYTES: usize = 400 * 1024;
+/// hyper's read buffer for an upstream connection grows up to this: a head of
+/// [`MAX_HEAD_BYTES`] and room to spare (hyper's default).
+const MAX_READ_BUFFER: usize = MAX_HEAD_BYTES + 8 * 1024;
+
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
@@ -142,6 +152,8 @@ impl UpstreamClient {
         // Small request heads: do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_READ_BUFFER)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Handshake(authority.clone(), e))?;
@@ -273,6 +285,12 @@ pub(crate) struct PooledBody {
 }
 
 impl PooledBody {
+    /// Gives up on the rest of the body: its connection is closed once the body is dropped,
+    /// never pooled.
+    pub(crate) fn abandon(&mut self) {
+        self.release = None;
+    }
+
     fn release(&mut self) {
         if let Some(Release { pool, authority, sender }) = self.release.take() {
             pool.put_back(authority, sender);

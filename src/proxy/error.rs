@@ -24,6 +24,10 @@ pub(crate) enum Failure {
     /// The route's `require` is not met.
     #[error("the route requires a session that this request does not have")]
     Unauthorized,
+    /// The request's framing is ambiguous or not one the proxy passes on (the reason says
+    /// which): never forwarded, and the connection closes after the answer (RFC 9112 §6.3).
+    #[error("request framing refused: {0}")]
+    BadFraming(&'static str),
     /// The session could not be read and `on_store_error = "fail"`: the upstream is not called.
     #[error("session store read failed: {0}")]
     StoreRead(StoreError),
@@ -66,6 +70,7 @@ impl Failure {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::LoginRequired(_) => StatusCode::FOUND,
             Failure::Unauthorized => StatusCode::UNAUTHORIZED,
+            Failure::BadFraming(_) => StatusCode::BAD_REQUEST,
             Failure::ClientBodyIdle(_) => StatusCode::REQUEST_TIMEOUT,
             Failure::Upstream(_) | Failure::BadUpdate(_) | Failure::UnaskedUpgrade => StatusCode::BAD_GATEWAY,
             Failure::Interrupted => StatusCode::CONFLICT,
@@ -95,6 +100,10 @@ impl Failure {
             }
             _ => {}
         }
+        if let Failure::BadFraming(_) = self {
+            // Where the next request would start is not certain.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 
@@ -106,6 +115,9 @@ impl Failure {
         match self {
             // Not the proxy's trouble: the access log has them.
             Failure::NoRoute | Failure::LoginRequired(_) | Failure::Unauthorized => {}
+            Failure::BadFraming(reason) => {
+                tracing::warn!(request_id, status, reason, "request framing refused; closing the connection");
+            }
             Failure::StoreRead(error) => {
                 tracing::warn!(request_id, route, status, error = %error, "session store read failed; answering 503");
             }
@@ -163,6 +175,7 @@ fn status_text(status: StatusCode) -> &'static str {
     match status {
         StatusCode::FOUND => "302 Found\n",
         StatusCode::UNAUTHORIZED => "401 Unauthorized\n",
+        StatusCode::BAD_REQUEST => "400 Bad Request\n",
         StatusCode::NOT_FOUND => "404 Not Found\n",
         StatusCode::REQUEST_TIMEOUT => "408 Request Timeout\n",
         StatusCode::CONFLICT => "409 Conflict\n",
@@ -182,6 +195,7 @@ mod tests {
             (Failure::NoRoute, 404),
             (Failure::LoginRequired(HeaderValue::from_static("/login?next=%2F")), 302),
             (Failure::Unauthorized, 401),
+            (Failure::BadFraming("both Content-Length and Transfer-Encoding"), 400),
             (Failure::ClientBodyIdle(Duration::from_secs(1)), 408),
             (Failure::BadUpdate(BadHeaders::UpdateAndPatch), 502),
             (Failure::Interrupted, 409),
@@ -202,6 +216,7 @@ mod tests {
                 "{failure}"
             );
             assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+            assert_eq!(resp.headers().get(header::CONNECTION).is_some(), status == 400, "{failure}");
         }
     }
 }

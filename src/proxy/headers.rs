@@ -145,6 +145,19 @@ pub(crate) fn login_location(login_url: &str, uri: &http::Uri) -> Option<HeaderV
     HeaderValue::try_from(format!("{login_url}{separator}next={}", utf8_percent_encode(next, COMPONENT))).ok()
 }
 
+/// Whether a request's `Transfer-Encoding` is anything but one `chunked`: hyper accepts any
+/// list that ends in `chunked` (RFC 9112 §6.1), but the header is hop-by-hop, so a body still
+/// in another coding would reach the upstream as if it had none; and `chunked` twice is not
+/// allowed at all.
+pub(crate) fn transfer_coding_refused(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => false,
+        (Some(v), None) => !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => true,
+    }
+}
+
 /// The client's address as a header value, made once per connection for `X-Forwarded-For`.
 pub(crate) fn client_ip(addr: IpAddr) -> HeaderValue {
     // An IP address's text is always a valid header value.
@@ -290,6 +303,20 @@ mod tests {
         assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
         assert!(!wants_upgrade(&map(&[("connection", "upgrade")])));
         assert!(wants_upgrade(&map(&[("connection", "keep-alive, UPGRADE"), ("upgrade", "h2c")])));
+    }
+
+    #[test]
+    fn only_a_lone_chunked_transfer_coding_is_passed_on() {
+        assert!(!transfer_coding_refused(&map(&[])));
+        assert!(!transfer_coding_refused(&map(&[("transfer-encoding", "chunked")])));
+        assert!(!transfer_coding_refused(&map(&[("transfer-encoding", " Chunked ")])));
+        assert!(transfer_coding_refused(&map(&[("transfer-encoding", "gzip, chunked")])));
+        assert!(transfer_coding_refused(&map(&[("transfer-encoding", "chunked, chunked")])));
+        assert!(transfer_coding_refused(&map(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(transfer_coding_refused(&map(&[("transfer-encoding", "identity")])));
     }
 
     #[test]

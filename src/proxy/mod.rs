@@ -27,10 +27,12 @@ use crate::route::{self, Route, RouteTable};
 use crate::session::{protocol, SessionEvent, SessionLayer};
 use crate::store::Store;
 use client::{PooledBody, UpstreamClient, UpstreamError};
-use error::Failure;
+pub(crate) use error::Failure;
 use headers::X_REQUEST_ID;
+use http_body_util::Either;
 use request_body::{BodyWatch, StallWatch, UpstreamBody};
 pub(crate) use response::ProxyBody;
+use response::Streamed;
 
 /// The part of the config that a reload swaps in at once; requests in flight keep the
 /// generation they started with.
@@ -98,18 +100,41 @@ impl Proxy {
             store_time: Duration::ZERO,
             upstream_time: None,
         };
-        // For the access log, when it is on; a `Uri` clone shares the bytes hyper parsed.
-        let logged = tracing::enabled!(target: "access", tracing::Level::INFO)
-            .then(|| (req.method().clone(), req.uri().clone()));
-
+        let logged = logged(&req);
         let mut resp = match self.forward(&app, req, conn, &request_id, &mut out).await {
             Ok(resp) => resp,
-            Err(failure) => {
-                failure.log(rid(&request_id), out.route.as_deref().map_or("-", |r| r.prefix.as_str()));
-                failure.response()
-            }
+            Err(failure) => failed(&failure, &request_id, &out),
         };
-        resp.headers_mut().insert(&X_REQUEST_ID, request_id.clone());
+        self.finish(&mut resp, start, request_id, &out, logged);
+        resp
+    }
+
+    /// Answers a request the connection refused before it reached [`Proxy::handle`] (its
+    /// framing), logged and counted like any other failure.
+    pub(crate) fn refuse(&self, req: Request<Incoming>, failure: Failure) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let request_id = headers::request_id(req.headers());
+        let out = Outcome {
+            route: None,
+            session: SessionEvent::None,
+            store_time: Duration::ZERO,
+            upstream_time: None,
+        };
+        let logged = logged(&req);
+        let mut resp = failed(&failure, &request_id, &out);
+        self.finish(&mut resp, start, request_id, &out, logged);
+        resp
+    }
+
+    /// The last touches of every response: the request id, the metrics and the access log.
+    fn finish(
+        &self,
+        resp: &mut Response<ProxyBody>,
+        start: Instant,
+        request_id: HeaderValue,
+        out: &Outcome,
+        logged: Option<(http::Method, Uri)>,
+    ) {
         let status = resp.status();
         let elapsed = start.elapsed();
 
@@ -133,7 +158,7 @@ impl Proxy {
                 upstream_ms = out.upstream_time.map(ms),
             );
         }
-        resp
+        resp.headers_mut().insert(&X_REQUEST_ID, request_id);
     }
 
     async fn forward(
@@ -144,6 +169,11 @@ impl Proxy {
         request_id: &HeaderValue,
         out: &mut Outcome,
     ) -> Result<Response<ProxyBody>, Failure> {
+        // A request with a body: only a lone `chunked` coding is passed on (most requests have
+        // no body, and no header lookup).
+        if !http_body::Body::is_end_stream(req.body()) && headers::transfer_coding_refused(req.headers()) {
+            return Err(Failure::BadFraming("a Transfer-Encoding other than a lone chunked"));
+        }
         // Always, on every route: a client can never forge a session or an identity header.
         let forged = protocol::strip_protocol_headers(req.headers_mut(), app.session.request_strip());
         if forged > 0 {
@@ -174,7 +204,7 @@ impl Proxy {
             out.store_time = store.elapsed;
             let state = loaded.map_err(Failure::StoreRead)?;
             if !app.session.admit(&state, route.require.as_ref(), req.headers_mut()) {
-                return Err(self.refuse(app, &req, route));
+                return Err(self.refuse_unmet(app, &req, route));
             }
             Some(state)
         } else {
@@ -207,13 +237,14 @@ impl Proxy {
             let client = client_upgrade.ok_or(Failure::UnaskedUpgrade)?;
             upgrade::tunnel(client, hyper::upgrade::on(&mut resp), request_id.clone());
         }
-        Ok(resp.map(http_body_util::Either::Left))
+        let read_timeout = route.read_timeout;
+        Ok(resp.map(|body| Either::Left(Streamed::new(body, read_timeout, request_id.clone()))))
     }
 
     /// A request whose session does not meet its route's `require`: a browser navigation
     /// (GET or HEAD accepting HTML) is sent to `session.login_url`, with its own path and query
     /// as `next`; anything else is refused.
-    fn refuse(&self, app: &App, req: &Request<Incoming>, route: &Route) -> Failure {
+    fn refuse_unmet(&self, app: &App, req: &Request<Incoming>, route: &Route) -> Failure {
         let navigation =
             matches!(*req.method(), Method::GET | Method::HEAD) && headers::accepts_html(req.headers());
         let login = app.session.config().login_url.as_deref().filter(|_| navigation);
@@ -314,6 +345,19 @@ impl Proxy {
             Failure::Upstream(e)
         }
     }
+}
+
+/// The proxy's own answer to a failed request, logged with the request id and route.
+fn failed(failure: &Failure, request_id: &HeaderValue, out: &Outcome) -> Response<ProxyBody> {
+    failure.log(rid(request_id), out.route.as_deref().map_or("-", |r| r.prefix.as_str()));
+    failure.response()
+}
+
+/// The method and target for the access log, when it is on; a `Uri` clone shares the bytes
+/// hyper parsed.
+fn logged(req: &Request<Incoming>) -> Option<(http::Method, Uri)> {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().clone()))
 }
 
 /// The request id for log lines; ids are checked to be visible ASCII when taken or made.

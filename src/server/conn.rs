@@ -12,8 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -21,7 +20,8 @@ use tokio::time::Instant;
 
 use super::limits::Limits;
 use super::parking::{self, shutting_down, Handler, Http1, Rewind, Socket};
-use crate::proxy::{headers, ConnInfo, Proxy, ProxyBody};
+use crate::admission::Admitted;
+use crate::proxy::{headers, ConnInfo, Failure, Proxy, ProxyBody};
 
 /// The HTTP/2 connection preface a client with prior knowledge opens with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -32,6 +32,7 @@ pub(super) struct Serving {
     pub proxy: Arc<Proxy>,
     pub http1: Http1,
     pub http2: http2::Builder<TokioExecutor>,
+    pub http2_timeouts: super::http2::Timeouts,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub limits: Limits,
 }
@@ -42,20 +43,19 @@ impl Serving {
         draining: Arc<std::sync::atomic::AtomicBool>,
         tls: Option<tokio_rustls::TlsAcceptor>,
         limits: Limits,
+        client_send_timeout: Duration,
     ) -> Serving {
         let http1 = Http1::new(
             limits.max_header_bytes.max(8192),
             limits.header_read_timeout,
+            client_send_timeout,
             proxy.metrics.clone(),
             draining,
         );
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(limits.http2_keep_alive)
-            .keep_alive_timeout(limits.http2_keep_alive)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-        Serving { proxy, http1, http2, tls, limits }
+        let http2 = super::http2::builder(&limits);
+        let http2_timeouts =
+            super::http2::Timeouts { idle: limits.header_read_timeout, client_send: client_send_timeout };
+        Serving { proxy, http1, http2, http2_timeouts, tls, limits }
     }
 }
 
@@ -66,10 +66,11 @@ pub(super) struct Connection {
     pub peer: SocketAddr,
 }
 
+/// A client's socket, with its place under `server.max_connections` (`admission`).
+pub(super) type ClientSocket = Admitted<TcpStream>;
+
 impl Connection {
-    pub async fn serve(self, stream: TcpStream) {
-        let metrics = self.serving.proxy.metrics.clone();
-        metrics.connection_opened();
+    pub async fn serve(self, stream: ClientSocket) {
         match self.serving.tls.clone() {
             None => self.serve_plain(stream).await,
             // Boxed so the plain-HTTP task is not sized for the TLS handshake's state.
@@ -78,10 +79,9 @@ impl Connection {
                 tls.await
             }
         }
-        metrics.connection_closed();
     }
 
-    async fn serve_plain(mut self, mut stream: TcpStream) {
+    async fn serve_plain(mut self, mut stream: ClientSocket) {
         // Nothing of hyper's is allocated until the client has spoken and said which protocol.
         // Every stage is boxed, each in a statement of its own, so that the task itself stays
         // a few hundred bytes and a parked connection holds little more.
@@ -105,7 +105,7 @@ impl Connection {
         }
     }
 
-    async fn serve_tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: TcpStream) {
+    async fn serve_tls(self, acceptor: tokio_rustls::TlsAcceptor, stream: ClientSocket) {
         let tls =
             match tokio::time::timeout(self.serving.limits.tls_handshake_timeout, acceptor.accept(stream))
                 .await
@@ -131,30 +131,18 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let proxy = self.serving.proxy.clone();
         let info = self.info();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let info = info.clone();
-            crate::boxed::pin_in_place(|| async move {
-                Ok::<_, std::convert::Infallible>(proxy.handle(req, &info).await)
-            })
-        });
-        let conn = self.serving.http2.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let mut closing = false;
-        let result = loop {
-            tokio::select! {
-                r = conn.as_mut() => break r,
-                () = shutting_down(&mut self.shutdown), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(peer = %self.peer, error = %e, "client connection ended with an error");
-        }
+        let serving = &self.serving;
+        super::http2::serve(
+            &serving.http2,
+            &serving.http2_timeouts,
+            io,
+            serving.proxy.clone(),
+            info,
+            &mut self.shutdown,
+            self.peer,
+        )
+        .await
     }
 
     /// HTTP/1.1, parked whenever it is idle. `head_deadline`: when the first request's head
@@ -180,6 +168,10 @@ impl Handler for ProxyHandler {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
         self.proxy.handle(req, &self.info)
     }
+
+    fn refuse_ambiguous(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        self.proxy.refuse(req, Failure::BadFraming("both Content-Length and Transfer-Encoding"))
+    }
 }
 
 /// What the first bytes of a plain connection said.
@@ -199,7 +191,11 @@ enum Sniffed {
 
 /// Reads until the bytes read are, or cannot be, the HTTP/2 preface, within `limit` and unless
 /// the server shuts down first.
-async fn sniff(stream: &mut TcpStream, limit: Duration, shutdown: &mut watch::Receiver<bool>) -> Sniffed {
+async fn sniff<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Sniffed {
     tokio::select! {
         r = tokio::time::timeout(limit, read_preface(stream)) => match r {
             Ok(Ok(sniffed)) => sniffed,
@@ -210,7 +206,7 @@ async fn sniff(stream: &mut TcpStream, limit: Duration, shutdown: &mut watch::Re
     }
 }
 
-async fn read_preface(stream: &mut TcpStream) -> io::Result<Sniffed> {
+async fn read_preface<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Sniffed> {
     let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
     loop {
         if stream.read_buf(&mut buf).await? == 0 {

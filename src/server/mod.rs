@@ -1,7 +1,9 @@
-//! The server: binds the listeners, accepts connections and deals them to the worker threads
-//! (`workers`: one single-threaded runtime per core), where `conn` serves them (plain or TLS,
-//! HTTP/2, or HTTP/1.1 through `parking`) and hands every request to the worker's
-//! `proxy::Proxy`; swaps the config on reload and drains on shutdown.
+//! The server: binds the listeners, accepts connections up to `server.max_connections`
+//! (`crate::admission`; the open-file limit is raised and checked at start, `open_files`) and
+//! deals them to the worker threads (`workers`: one single-threaded runtime per core), where
+//! `conn` serves them (plain or TLS, HTTP/2 through `http2`, or HTTP/1.1 through `parking`)
+//! and hands every request to the worker's `proxy::Proxy`; swaps the config on reload and
+//! drains on shutdown.
 //!
 //! Like mini-redis, [`Server::bind`] returns a value whose addresses tests can read (bind to
 //! port 0), and [`Server::run`] takes the shutdown signal as a future.
@@ -18,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, ConfigError, StoreConfig};
+use crate::admission::{Admitted, Gate, Ticket};
+use crate::config::{Config, ConfigError, StoreConfig, StoreUrl};
 use crate::metrics::Metrics;
 use crate::proxy::client::UpstreamClient;
 use crate::proxy::{App, Proxy};
@@ -26,13 +29,17 @@ use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
 
 mod conn;
+mod framing;
+mod http2;
 mod limits;
+mod open_files;
 mod parking;
 mod workers;
 
 pub use limits::*;
 
 use conn::{Connection, Serving};
+use open_files::{Cap, TooFewFiles};
 use workers::Workers;
 
 /// After a failed `accept` (usually out of file descriptors), wait before trying again.
@@ -49,6 +56,9 @@ pub enum StartError {
     Workers(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The open-file limit cannot hold `server.max_connections`.
+    #[error(transparent)]
+    OpenFiles(#[from] TooFewFiles),
 }
 
 /// Why a reload was refused; the running config stays in place, whole.
@@ -72,6 +82,11 @@ pub struct Server {
     /// Set once shutdown begins: `/readyz` then answers 503, and idle connections close.
     draining: Arc<AtomicBool>,
     limits: Limits,
+    /// Open client connections at most (`server.max_connections`, or what the open-file
+    /// limit holds).
+    max_connections: usize,
+    /// `server.client_send_timeout_ms` (a restart applies a change).
+    client_send_timeout: Duration,
     reloader: Reloader,
 }
 
@@ -79,6 +94,7 @@ impl Server {
     /// Binds the listeners, starts the worker threads and builds the store (which starts even
     /// while Redis is down).
     pub async fn bind(config: Config, limits: Limits) -> Result<Server, StartError> {
+        let max_connections = connection_cap(&config, &limits)?;
         let tls = match &config.server.tls {
             Some(files) => Some(Tls::load(files)?),
             None => None,
@@ -91,6 +107,7 @@ impl Server {
         let workers = Workers::start(limits.workers).map_err(StartError::Workers)?;
         let stores = connect_stores(&config.store, &workers).await?;
         let metrics = Arc::new(Metrics::new());
+        metrics.set_max_connections(max_connections);
         let app = Arc::new(ArcSwap::from_pointee(App::new(&config, &metrics)));
         let proxies: Vec<Arc<Proxy>> = stores
             .into_iter()
@@ -108,9 +125,21 @@ impl Server {
                 })
             })
             .collect();
+        let client_send_timeout = config.server.client_send_timeout;
         let reloader = Reloader { app, metrics, tls: tls.clone(), current: Arc::new(Mutex::new(config)) };
         let draining = Arc::new(AtomicBool::new(false));
-        Ok(Server { listener, admin, tls, workers, proxies, draining, limits, reloader })
+        Ok(Server {
+            listener,
+            admin,
+            tls,
+            workers,
+            proxies,
+            draining,
+            limits,
+            max_connections,
+            client_send_timeout,
+            reloader,
+        })
     }
 
     /// The address the proxy listens on (useful with port 0).
@@ -131,11 +160,31 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
     /// within `shutdown_grace_ms` (as last reloaded), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, admin, tls, workers, proxies, draining, limits, reloader } = self;
+        let Server {
+            listener,
+            admin,
+            tls,
+            workers,
+            proxies,
+            draining,
+            limits,
+            max_connections,
+            client_send_timeout,
+            reloader,
+        } = self;
         let tls = tls.map(|t| t.acceptor());
         let servings: Vec<Arc<Serving>> = proxies
             .iter()
-            .map(|p| Arc::new(Serving::new(p.clone(), draining.clone(), tls.clone(), limits.clone())))
+            .map(|p| {
+                let serving = Serving::new(
+                    p.clone(),
+                    draining.clone(),
+                    tls.clone(),
+                    limits.clone(),
+                    client_send_timeout,
+                );
+                Arc::new(serving)
+            })
             .collect();
         // Every connection holds a receiver; the drain ends when the last one is dropped.
         let (stop, stopping) = watch::channel(false);
@@ -150,21 +199,31 @@ impl Server {
             tokio::spawn(admin::serve(listener, Arc::new(state), background_stopped))
         });
 
+        let metrics = &reloader.metrics;
+        let gate = Gate::new(max_connections, "public", metrics, Some(metrics.open_connections()));
+
         tracing::info!(
             addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             tls = tls.is_some(),
             workers = workers.len(),
+            max_connections,
             "listening"
         );
         tokio::pin!(shutdown);
         let mut next = 0;
         loop {
+            // A place under the cap first: at the cap nothing is accepted until a connection
+            // closes, and the kernel's backlog holds the clients that arrive meanwhile.
+            let ticket = tokio::select! {
+                ticket = gate.admit() => ticket,
+                () = &mut shutdown => break,
+            };
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let conn = Connection { serving: servings[next].clone(), shutdown: stopping.clone(), peer };
-                        deal(&workers, next, stream, conn);
+                        deal(&workers, next, stream, ticket, conn);
                         next = (next + 1) % workers.len();
                     }
                     Err(e) => {
@@ -212,8 +271,8 @@ impl Server {
 }
 
 /// Hands an accepted connection to worker `index`, which registers the socket with its own
-/// reactor and serves it.
-fn deal(workers: &Workers, index: usize, stream: TcpStream, conn: Connection) {
+/// reactor and serves it. The socket keeps the connection's `ticket` until it closes.
+fn deal(workers: &Workers, index: usize, stream: TcpStream, ticket: Ticket, conn: Connection) {
     let stream = match stream.into_std() {
         Ok(stream) => stream,
         Err(e) => {
@@ -223,10 +282,36 @@ fn deal(workers: &Workers, index: usize, stream: TcpStream, conn: Connection) {
     };
     workers.spawn(index, async move {
         match TcpStream::from_std(stream) {
-            Ok(stream) => conn.serve(stream).await,
+            Ok(stream) => conn.serve(Admitted::new(stream, ticket)).await,
             Err(e) => tracing::warn!(error = %e, "worker cannot register the connection"),
         }
     });
+}
+
+/// The cap on open client connections: `server.max_connections` under the open-file limit,
+/// raised first (see `open_files`).
+fn connection_cap(config: &Config, limits: &Limits) -> Result<usize, TooFewFiles> {
+    let workers = limits.workers.max(1);
+    let store = match config.store.url {
+        StoreUrl::Memory => 0,
+        // Each worker's share of the pool, at least one each (`worker_store_config`).
+        StoreUrl::Redis(_) => config.store.pool_size.max(workers),
+    };
+    let admin = if config.server.admin_listen.is_some() { admin::MAX_CONNECTIONS } else { 0 };
+    let others =
+        (store + admin) as u64 + open_files::PROCESS_FILES + open_files::FILES_PER_WORKER * workers as u64;
+    let limit = open_files::raise_limit();
+    let cap = open_files::connection_cap(config.server.max_connections, others, limit)?;
+    if let Cap::Lowered { cap, limit } = cap {
+        tracing::warn!(
+            max_connections = cap,
+            open_file_limit = limit,
+            "server.max_connections is not set, and the open-file limit cannot hold the default \
+             (two sockets per connection): serving at most max_connections; raise the limit \
+             (systemd LimitNOFILE=, ulimit -n) or set server.max_connections"
+        );
+    }
+    Ok(cap.get())
 }
 
 /// One store per worker, each connected on its worker's runtime, so that a request's store
@@ -316,6 +401,8 @@ impl Reloader {
         let mut config = config;
         config.server.listen = current.server.listen;
         config.server.admin_listen = current.server.admin_listen;
+        config.server.max_connections = current.server.max_connections;
+        config.server.client_send_timeout = current.server.client_send_timeout;
         if !reload_tls {
             config.server.tls = current.server.tls.clone();
         }

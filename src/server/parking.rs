@@ -1,6 +1,7 @@
 //! HTTP/1 connections that give back their buffers while idle: [`serve`] runs one connection
 //! with hyper, handing each request to a handler, and between requests an idle connection
-//! holds only its socket. Everything else of the server and the proxy is ordinary hyper.
+//! holds only its socket (and the framing scanner's few dozen bytes, see below). Everything
+//! else of the server and the proxy is ordinary hyper.
 //!
 //! # Why
 //!
@@ -15,7 +16,7 @@
 //! written) for [`PARK_AFTER`]. Then hyper is told to close the idle connection, which it does
 //! at once and without writing anything, and the socket is taken back without a shutdown
 //! (`poll_without_shutdown`, `into_parts`), with any bytes hyper had read but not used. The
-//! parked connection holds only its socket until the client sends again; then a new segment
+//! parked connection holds only its socket (and scanner) until the client sends again; then a new segment
 //! picks up where the last one stopped, those bytes first. As nginx does between keep-alive
 //! requests.
 //!
@@ -24,6 +25,19 @@
 //! wait for a request's head counts from the end of the previous response (or the connection's
 //! start) and is checked by the segment's periodic check, and across a park by the parked
 //! connection's wait.
+//!
+//! The same check drops a client that takes nothing of its response for
+//! `client_send_timeout` (nginx's `send_timeout`): the socket refused a write (hyper has bytes
+//! to send) and no write has gone through since. The write path only notes a refusal and the
+//! first write after it, so a request costs no timer and no clock read for this.
+//!
+//! # Framing
+//!
+//! hyper reads a request with both `Content-Length` and `Transfer-Encoding` as chunked and
+//! drops the `Content-Length` before the handler sees it; the proxy refuses such requests.
+//! So the bytes a connection reads also go through a `framing::Scanner` (carried across
+//! parks), and a request whose head carried both goes to [`Handler::refuse_ambiguous`]
+//! instead of [`Handler::handle`]. Scanning costs a pass over each head's line ends.
 //!
 //! # Upgrades
 //!
@@ -56,6 +70,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::framing::Scanner;
+use crate::admission::Admitted;
 use crate::metrics::Metrics;
 
 /// An HTTP/1 connection with nothing in flight and no traffic for this long gives back hyper's
@@ -77,17 +93,17 @@ pub(super) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl Socket for TcpStream {
+impl Socket for Admitted<TcpStream> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_read_ready(cx)
+        self.get_ref().poll_read_ready(cx)
     }
 }
 
 /// hyper reads a TLS connection until rustls has no plaintext left and the socket would block,
 /// so an idle TLS connection has nothing buffered and waits on its TCP socket.
-impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+impl Socket for tokio_rustls::server::TlsStream<Admitted<TcpStream>> {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_ref().0.poll_read_ready(cx)
+        self.get_ref().0.get_ref().poll_read_ready(cx)
     }
 }
 
@@ -100,12 +116,16 @@ pub(super) struct Http1 {
     pub metrics: Arc<Metrics>,
     /// Set once shutdown begins (before the shutdown signal is sent).
     pub draining: Arc<AtomicBool>,
+    /// A client that takes nothing of its response this long is dropped (see the module
+    /// docs).
+    pub client_send_timeout: Duration,
 }
 
 impl Http1 {
     pub fn new(
         max_buf_size: usize,
         header_read_timeout: Duration,
+        client_send_timeout: Duration,
         metrics: Arc<Metrics>,
         draining: Arc<AtomicBool>,
     ) -> Http1 {
@@ -115,7 +135,7 @@ impl Http1 {
             .header_read_timeout(None)
             .max_buf_size(max_buf_size)
             .keep_alive(true);
-        Http1 { builder, header_read_timeout, metrics, draining }
+        Http1 { builder, header_read_timeout, metrics, draining, client_send_timeout }
     }
 }
 
@@ -126,6 +146,11 @@ pub(super) trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// The response to one request. Called in the boxed request future, so that the future it
     /// returns is made in place there rather than moved in.
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Self::Body>> + Send + '_;
+
+    /// The response to a request whose head carried both `Content-Length` and
+    /// `Transfer-Encoding` (see the module docs): never handled, and it should close the
+    /// connection (hyper already will).
+    fn refuse_ambiguous(&self, req: Request<Incoming>) -> Response<Self::Body>;
 }
 
 /// Serves one HTTP/1 connection until it closes, is upgraded, fails, or the server shuts down,
@@ -146,13 +171,17 @@ pub(super) async fn serve<S, H>(
     <H::Body as Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let state = Arc::new(ConnState::new());
+    let mut framing = Scanner::new();
+    framing.scan(&unread);
     loop {
         let segment = Segment { http1, state: &state, peer, head_deadline };
-        // Boxed: a parked connection's task then holds only this loop's few words.
-        let segment = Box::pin(segment.run(socket, unread, handler.clone(), shutdown));
-        let Ended::Parked { socket: s, unread: u } = segment.await else { return };
+        // Boxed: a parked connection's task then holds only this loop's few words (the
+        // scanner's among them).
+        let segment = Box::pin(segment.run(socket, unread, framing, handler.clone(), shutdown));
+        let Ended::Parked { socket: s, unread: u, framing: f } = segment.await else { return };
         socket = s;
         unread = u;
+        framing = f;
         // A segment parks only after a request: the end of its response started the wait for
         // the next head.
         head_deadline = state.next_head_due(http1.header_read_timeout);
@@ -193,6 +222,14 @@ struct ConnState {
     /// A request asked to switch protocols: the connection is served by hyper's upgradeable
     /// connection from then on (see the module docs).
     upgrade_asked: AtomicBool,
+    /// The socket refused a write and none has gone through since: the client is not taking
+    /// its response.
+    write_blocked: AtomicBool,
+    /// Times a refused write was followed by one that went through: the client took some.
+    unblocked: AtomicU64,
+    /// The index of the first request whose head carried both framing headers; `u64::MAX`
+    /// while there is none.
+    ambiguous_from: AtomicU64,
 }
 
 impl ConnState {
@@ -204,11 +241,22 @@ impl ConnState {
             idle_since_us: AtomicU64::new(0),
             start: Instant::now(),
             upgrade_asked: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+            unblocked: AtomicU64::new(0),
+            ambiguous_from: AtomicU64::new(u64::MAX),
         }
     }
 
     fn touch(&self) {
         self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write (or flush) went through: one load on the hot path, more only after a refusal.
+    fn wrote(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) {
+            self.write_blocked.store(false, Ordering::Relaxed);
+            self.unblocked.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn response_ended(&self) {
@@ -249,6 +297,34 @@ impl Checks {
     }
 }
 
+/// Since when a client has taken nothing of its response, as the periodic check sees it.
+#[derive(Default)]
+struct SendStall {
+    /// When the check first saw the current refusal, and the `unblocked` count then.
+    since: Option<(Instant, u64)>,
+}
+
+impl SendStall {
+    /// Whether the client has taken nothing for `limit`: a write was refused, and none went
+    /// through since the check first saw that (so it counts from a check, at most one check
+    /// period late).
+    fn over(&mut self, state: &ConnState, limit: Duration) -> bool {
+        if !state.write_blocked.load(Ordering::Relaxed) {
+            self.since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let unblocked = state.unblocked.load(Ordering::Relaxed);
+        match self.since {
+            Some((since, seen)) if seen == unblocked => now.duration_since(since) >= limit,
+            _ => {
+                self.since = Some((now, unblocked));
+                false
+            }
+        }
+    }
+}
+
 /// What a segment's wait ended with.
 enum Woke {
     Conn(hyper::Result<()>),
@@ -262,9 +338,9 @@ enum Woke {
 
 /// How a segment ended.
 enum Ended<S> {
-    /// Idle after at least one request: the socket and what hyper had read of the next
-    /// request.
-    Parked { socket: S, unread: Bytes },
+    /// Idle after at least one request: the socket, what hyper had read of the next request,
+    /// and the framing scanner, which has seen those bytes.
+    Parked { socket: S, unread: Bytes, framing: Scanner },
     /// Closed, upgraded, failed or shut down: the connection is over.
     Done,
 }
@@ -284,6 +360,7 @@ impl Segment<'_> {
         self,
         socket: S,
         unread: Bytes,
+        framing: Scanner,
         handler: H,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Ended<S>
@@ -297,7 +374,8 @@ impl Segment<'_> {
             let state = state.clone();
             service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
-                state.requests.fetch_add(1, Ordering::Relaxed);
+                let index = state.requests.fetch_add(1, Ordering::Relaxed);
+                let ambiguous = index >= state.ambiguous_from.load(Ordering::Relaxed);
                 state.in_flight.fetch_add(1, Ordering::Relaxed);
                 state.touch();
                 if req.headers().contains_key(http::header::UPGRADE) {
@@ -308,12 +386,13 @@ impl Segment<'_> {
                 // Boxed: hyper keeps the slot for a connection's request future for the
                 // connection's whole life, and the handler's future is several KiB.
                 crate::boxed::pin_in_place(|| async move {
-                    let resp = handler.handle(req).await;
+                    let resp =
+                        if ambiguous { handler.refuse_ambiguous(req) } else { handler.handle(req).await };
                     Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _guard: guard }))
                 })
             })
         };
-        let io = Rewind::counted(socket, unread, state.clone());
+        let io = Rewind::counted(socket, unread, state.clone(), framing);
         let mut conn = http1.builder.serve_connection(TokioIo::new(io), service);
 
         let requests_before = state.requests.load(Ordering::Relaxed);
@@ -328,6 +407,7 @@ impl Segment<'_> {
         };
         let mut seen = state.activity.load(Ordering::Relaxed);
         let mut checks = Checks { every: PARK_AFTER };
+        let mut stall = SendStall::default();
         let mut check = pin!(tokio::time::sleep_until((Instant::now() + PARK_AFTER).min(head_deadline)));
         let mut stop = pin!(shutting_down(shutdown));
         let draining = &*http1.draining;
@@ -347,15 +427,14 @@ impl Segment<'_> {
                 if let Poll::Ready(r) = conn.poll_without_shutdown(cx) {
                     return Poll::Ready(Woke::Conn(r));
                 }
-                if closing {
-                    return Poll::Pending;
-                }
-                if !stop_polled || draining.load(Ordering::Relaxed) {
+                if !closing && (!stop_polled || draining.load(Ordering::Relaxed)) {
                     stop_polled = true;
                     if stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Woke::Stop);
                     }
                 }
+                // Checked while closing too: a client that takes nothing of a response still
+                // being written must not hold the connection.
                 if !check_polled || check.is_elapsed() {
                     check_polled = true;
                     if check.as_mut().poll(cx).is_ready() {
@@ -373,12 +452,19 @@ impl Segment<'_> {
                     Pin::new(&mut conn).graceful_shutdown();
                 }
                 Woke::Check => {
+                    if stall.over(state, http1.client_send_timeout) {
+                        client_took_nothing(peer, http1.client_send_timeout);
+                        return Ended::Done;
+                    }
                     let Some(next) = checks.next(state, head_due) else {
                         tracing::debug!(peer = %peer, "no request head within the header read timeout; closing");
                         return Ended::Done;
                     };
                     check.as_mut().reset(next);
                     check_polled = false;
+                    if closing {
+                        continue;
+                    }
                     let busy = state.busy();
                     let activity = state.activity.load(Ordering::Relaxed);
                     if activity != seen {
@@ -419,6 +505,10 @@ impl Segment<'_> {
                         conn.as_mut().graceful_shutdown();
                     }
                     () = check.as_mut() => {
+                        if stall.over(state, http1.client_send_timeout) {
+                            client_took_nothing(peer, http1.client_send_timeout);
+                            return Ended::Done;
+                        }
                         let Some(next) = checks.next(state, head_due) else {
                             tracing::debug!(peer = %peer, "no request head within the header read timeout; closing");
                             return Ended::Done;
@@ -430,20 +520,28 @@ impl Segment<'_> {
         }
 
         let parts = conn.into_parts();
-        let (mut socket, rest) = parts.io.into_inner().into_parts();
+        let (mut socket, rest, framing) = parts.io.into_inner().into_counted_parts();
         let unread = join(rest, parts.read_buf);
         if let Err(e) = result {
             tracing::debug!(peer = %peer, error = %e, "client connection ended with an error");
             return Ended::Done;
         }
         if parking {
-            return Ended::Parked { socket, unread };
+            return Ended::Parked { socket, unread, framing };
         }
         // Closed by the client, by `Connection: close`, or for shutdown: what hyper's own
         // connection future does at the end.
         let _ = socket.shutdown().await;
         Ended::Done
     }
+}
+
+fn client_took_nothing(peer: SocketAddr, limit: Duration) {
+    tracing::info!(
+        peer = %peer,
+        client_send_timeout_ms = limit.as_millis() as u64,
+        "the client took nothing of its response for client_send_timeout_ms; closing the connection"
+    );
 }
 
 /// Counts a request as in flight until its response body has ended or been dropped.
@@ -486,30 +584,59 @@ impl<B: Body> Body for Tracked<B> {
 
 /// An IO that reads `prefix` first (bytes already taken off the socket: by the protocol
 /// sniffer, or by the last segment) and, for a segment's hyper, counts every read and write as
-/// a sign of life of the connection.
+/// a sign of life of the connection and passes what it reads to the framing scanner.
 pub(super) struct Rewind<I> {
     io: I,
     prefix: Bytes,
-    activity: Option<Arc<ConnState>>,
+    /// A segment's: the connection's state, and the scanner that has seen every byte read
+    /// before (the prefix included).
+    counted: Option<(Arc<ConnState>, Scanner)>,
 }
 
 impl<I> Rewind<I> {
     pub fn new(io: I, prefix: Bytes) -> Rewind<I> {
-        Rewind { io, prefix, activity: None }
+        Rewind { io, prefix, counted: None }
     }
 
-    fn counted(io: I, prefix: Bytes, state: Arc<ConnState>) -> Rewind<I> {
-        Rewind { io, prefix, activity: Some(state) }
+    fn counted(io: I, prefix: Bytes, state: Arc<ConnState>, framing: Scanner) -> Rewind<I> {
+        Rewind { io, prefix, counted: Some((state, framing)) }
     }
 
     /// The IO and whatever of the prefix was not read.
+    #[cfg(test)]
     fn into_parts(self) -> (I, Bytes) {
         (self.io, self.prefix)
     }
 
+    /// The IO, whatever of the prefix was not read, and the framing scanner.
+    fn into_counted_parts(self) -> (I, Bytes, Scanner) {
+        let framing = self.counted.map_or_else(Scanner::new, |(_, framing)| framing);
+        (self.io, self.prefix, framing)
+    }
+
+    fn state(&self) -> Option<&ConnState> {
+        self.counted.as_ref().map(|(state, _)| &**state)
+    }
+
     fn touch<T>(&self, r: Poll<T>) -> Poll<T> {
-        if let (Some(state), true) = (&self.activity, r.is_ready()) {
+        if let (Some(state), true) = (self.state(), r.is_ready()) {
             state.touch();
+        }
+        r
+    }
+
+    /// A write or flush: a sign of life when it went through, and either way what the
+    /// send-stall check needs to know.
+    fn wrote<T>(&self, r: Poll<T>, touch: bool) -> Poll<T> {
+        if let Some(state) = self.state() {
+            if r.is_ready() {
+                if touch {
+                    state.touch();
+                }
+                state.wrote();
+            } else {
+                state.write_blocked.store(true, Ordering::Relaxed);
+            }
         }
         r
     }
@@ -526,7 +653,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
             buf.put_slice(&self.prefix.split_to(n));
             return Poll::Ready(Ok(()));
         }
+        let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let (Some((state, framing)), Poll::Ready(Ok(()))) = (&mut self.counted, &r) {
+            framing.scan(&buf.filled()[before..]);
+            if let Some(index) = framing.ambiguous() {
+                state.ambiguous_from.store(index, Ordering::Relaxed);
+            }
+        }
         self.touch(r)
     }
 }
@@ -534,7 +668,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
 impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.touch(r)
+        self.wrote(r, true)
     }
 
     fn poll_write_vectored(
@@ -543,15 +677,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.touch(r)
+        self.wrote(r, true)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
+    /// TLS buffers what is written and may refuse a flush instead.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(r, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
