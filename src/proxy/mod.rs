@@ -11,6 +11,7 @@ pub(crate) mod error;
 pub(crate) mod headers;
 pub(crate) mod request_body;
 pub(crate) mod response;
+pub(crate) mod secure_cookie;
 pub(crate) mod upgrade;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use error::Failure;
 use headers::X_REQUEST_ID;
 use request_body::{BodyWatch, StallWatch, UpstreamBody};
 pub(crate) use response::ProxyBody;
+use secure_cookie::SecureCookieWarning;
 
 /// The part of the config that a reload swaps in at once; requests in flight keep the
 /// generation they started with.
@@ -63,6 +65,8 @@ pub(crate) struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Whether clients reach us over HTTPS (for `X-Forwarded-Proto`).
     pub https: bool,
+    /// One for the whole server: a `Secure` cookie set on plain HTTP is logged once.
+    pub secure_cookie: Arc<SecureCookieWarning>,
     /// A request body that sends nothing for this long is cut (`Limits::body_idle_timeout`).
     pub body_idle_timeout: Duration,
 }
@@ -173,6 +177,12 @@ impl Proxy {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         headers::remove_hop_by_hop(req.headers_mut(), upgrade);
 
+        // Before `X-Forwarded-Proto` is replaced: would a `Secure` cookie set on this request
+        // be dropped by the browser (and is that still to be said)?
+        let insecure_host = (route.session && session_cfg.secure)
+            .then(|| self.secure_cookie.insecure_host(self.https, req.headers(), host.as_ref()))
+            .flatten();
+
         // Request side of the session seam.
         let mut store = app.session.calls(&self.store);
         let session = if route.session {
@@ -200,7 +210,11 @@ impl Proxy {
         if let Some(session) = session {
             let saved = app.session.save(&mut store, session, resp.headers_mut(), rid(request_id)).await;
             out.store_time = store.elapsed;
-            out.session = saved?;
+            let saved = saved?;
+            out.session = saved.event;
+            if let (Some(host), true) = (&insecure_host, saved.cookie_set) {
+                self.secure_cookie.log_once(host, rid(request_id));
+            }
         }
         // The protocol headers never reach the client, on any route, in any spelling.
         protocol::strip_protocol_headers(
