@@ -47,6 +47,10 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // Valid, so exit 0; `Server::bind` logs the same warnings when the proxy starts.
+        for warning in config.warnings() {
+            eprintln!("session-proxy: warning: {}: {warning}", args.config.display());
+        }
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }

@@ -31,19 +31,39 @@ use tokio::time::Instant;
 
 use super::request_body::UpstreamBody;
 
-/// Why a request got no response from the upstream.
+/// Why a request got no response from the upstream. The messages are for the log line that
+/// says so: they name the upstream and carry the underlying cause in plain words.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
-    #[error("connect to {0} timed out")]
+    #[error("connecting to the upstream {} timed out", .0)]
     ConnectTimeout(Authority),
-    #[error("connect to {0}: {1}")]
+    #[error("cannot connect to the upstream {}: {}{}", .0, crate::io_error::plain(.1), connect_hint(.1))]
     Connect(Authority, #[source] io::Error),
-    #[error("HTTP/1.1 handshake with {0}: {1}")]
+    #[error("the HTTP/1.1 handshake with the upstream {} failed: {}", .0, with_cause(.1))]
     Handshake(Authority, #[source] hyper::Error),
     /// The connection failed while sending the request or reading the response head
     /// (refused mid-way, reset, garbage, a request body that failed).
-    #[error("{0}")]
+    #[error("the upstream connection failed: {}", with_cause(.0))]
     Send(#[source] hyper::Error),
+}
+
+/// What to check when an upstream refuses connections: most often, the app is not running.
+fn connect_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => " (is the app running and listening there?)",
+        _ => "",
+    }
+}
+
+/// hyper's message, and the socket's error under it when there is one.
+fn with_cause(e: &hyper::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => match cause.downcast_ref::<io::Error>() {
+            Some(io) => format!("{e}: {}", crate::io_error::plain(io)),
+            None => format!("{e}: {cause}"),
+        },
+        None => e.to_string(),
+    }
 }
 
 impl UpstreamError {

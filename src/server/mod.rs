@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, StoreConfig};
 use crate::metrics::Metrics;
 use crate::proxy::client::UpstreamClient;
+use crate::proxy::secure_cookie::SecureCookieWarning;
 use crate::proxy::{App, Proxy};
 use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
@@ -41,13 +42,14 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    /// `key` is what set the address (`server.listen`, `server.admin_listen`, or a flag).
+    #[error("cannot listen on {addr} ({key}): {}", crate::io_error::binding(source))]
+    Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
     #[error("session store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot start the worker threads: {0}")]
+    #[error("cannot start the worker threads: {}", crate::io_error::plain(.0))]
     Workers(std::io::Error),
-    #[error("TLS: {0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
 }
 
@@ -79,19 +81,21 @@ impl Server {
     /// Binds the listeners, starts the worker threads and builds the store (which starts even
     /// while Redis is down).
     pub async fn bind(config: Config, limits: Limits) -> Result<Server, StartError> {
+        log_warnings(&config);
         let tls = match &config.server.tls {
             Some(files) => Some(Tls::load(files)?),
             None => None,
         };
-        let listener = bind(config.server.listen).await?;
+        let listener = bind(config.server.listen, "server.listen").await?;
         let admin = match config.server.admin_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "server.admin_listen").await?),
             None => None,
         };
         let workers = Workers::start(limits.workers).map_err(StartError::Workers)?;
         let stores = connect_stores(&config.store, &workers).await?;
         let metrics = Arc::new(Metrics::new());
         let app = Arc::new(ArcSwap::from_pointee(App::new(&config, &metrics)));
+        let secure_cookie = Arc::new(SecureCookieWarning::default());
         let proxies: Vec<Arc<Proxy>> = stores
             .into_iter()
             .map(|store| {
@@ -104,6 +108,7 @@ impl Server {
                     store,
                     metrics: metrics.clone(),
                     https: tls.is_some(),
+                    secure_cookie: secure_cookie.clone(),
                     body_idle_timeout: limits.body_idle_timeout,
                 })
             })
@@ -255,8 +260,15 @@ fn worker_store_config(cfg: &StoreConfig, index: usize, workers: usize) -> Store
     StoreConfig { pool_size: share.max(1), ..cfg.clone() }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })
+}
+
+/// What the config has that is valid but unwise (`Config::warnings`), at start and on reload.
+fn log_warnings(config: &Config) {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Swaps in a new config for new requests (SIGHUP). Cheap to clone.
@@ -308,6 +320,7 @@ impl Reloader {
                 "changed in the config file but needs a restart to take effect; keeping the running value"
             );
         }
+        log_warnings(&config);
         self.app.store(Arc::new(App::new(&config, &self.metrics)));
 
         // Remember the running values of what was not applied, so the next reload compares
