@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use session_proxy::config::ConfigError;
 use session_proxy::{Limits, Server};
 
 mod alloc;
@@ -39,7 +40,13 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             if args.check {
-                eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
+                // A file that cannot be read names itself; anything else is about its content.
+                let unreadable = matches!(e.downcast_ref::<ConfigError>(), Some(ConfigError::Read { .. }));
+                if unreadable {
+                    eprintln!("session-proxy: {e}");
+                } else {
+                    eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
+                }
             } else {
                 tracing::error!(path = %args.config.display(), error = %e, "invalid config");
             }

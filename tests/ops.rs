@@ -1099,3 +1099,35 @@ async fn short_secrets_are_warned_about_at_start_and_by_check() {
     assert!(warnings[0].contains("\"WARN\"") && warnings[0].contains("session.secrets[1]"), "{log}");
     assert!(!log.contains(short), "the secret never appears: {log}");
 }
+
+/// `--check`'s messages are one line each, in words: a missing file says so and how to give
+/// the path; a bad value names its key; neither carries an OS error code or Debug text.
+#[test]
+fn check_messages_are_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = Command::new(BINARY).arg("--config").arg(&missing).arg("--check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "session-proxy: cannot read the config file {}: there is no such file (give its path with --config; the default is proxy.toml in the current directory)",
+            missing.display()
+        )
+    );
+
+    for (config, key) in [
+        ("[server]\nlisten = \"localhost\"\n", "server.listen"),
+        (
+            "[server]\nlisten = \"127.0.0.1:1\"\n[session]\nsecrets = [\"s\"]\nmax_agee = 3\n",
+            "session.max_agee",
+        ),
+    ] {
+        let (ok, _, stderr) = check(config);
+        assert!(!ok);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(!stderr.contains("os error") && !stderr.contains(" { "), "{stderr}");
+    }
+}

@@ -326,3 +326,25 @@ impl Body for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_upstream_and_say_what_to_check() {
+        let authority: Authority = "127.0.0.1:3000".parse().unwrap();
+        let refused =
+            UpstreamError::Connect(authority.clone(), io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to the upstream 127.0.0.1:3000: connection refused (is the app running and listening there?)"
+        );
+        let refused = UpstreamError::Connect(authority.clone(), io::Error::from_raw_os_error(111));
+        assert!(!refused.to_string().contains("os error"), "{refused}");
+        assert_eq!(
+            UpstreamError::ConnectTimeout(authority).to_string(),
+            "connecting to the upstream 127.0.0.1:3000 timed out"
+        );
+    }
+}
