@@ -179,9 +179,8 @@ impl Proxy {
 
         // Before `X-Forwarded-Proto` is replaced: would a `Secure` cookie set on this request
         // be dropped by the browser (and is that still to be said)?
-        let insecure_host = (route.session && session_cfg.secure)
-            .then(|| self.secure_cookie.insecure_host(self.https, req.headers(), host.as_ref()))
-            .flatten();
+        let plain_http =
+            route.session && session_cfg.secure && self.secure_cookie.plain_http(self.https, req.headers());
 
         // Request side of the session seam.
         let mut store = app.session.calls(&self.store);
@@ -212,8 +211,8 @@ impl Proxy {
             out.store_time = store.elapsed;
             let saved = saved?;
             out.session = saved.event;
-            if let (Some(host), true) = (&insecure_host, saved.cookie_set) {
-                self.secure_cookie.log_once(host, rid(request_id));
+            if plain_http && saved.cookie_set {
+                self.secure_cookie.cookie_set(host.as_ref(), rid(request_id));
             }
         }
         // The protocol headers never reach the client, on any route, in any spelling.

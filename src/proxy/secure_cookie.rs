@@ -20,34 +20,34 @@ pub(crate) struct SecureCookieWarning {
 }
 
 impl SecureCookieWarning {
-    /// The host a `Secure` cookie set on this request would be dropped for, while the warning
-    /// is still to be logged: `None` once it was, on an HTTPS listener, for a request that a
-    /// TLS-terminating proxy in front marked `X-Forwarded-Proto: https`, and for `localhost`
-    /// and loopback addresses. Call before the proxy replaces `X-Forwarded-Proto`.
-    pub(crate) fn insecure_host(
-        &self,
-        https: bool,
-        headers: &HeaderMap,
-        host: Option<&HeaderValue>,
-    ) -> Option<HeaderValue> {
-        if https || self.logged.load(Ordering::Relaxed) || forwarded_https(headers) {
-            return None;
-        }
-        let host = host?;
-        (!is_local(host.to_str().ok()?)).then(|| host.clone())
+    /// Whether this request came over plain HTTP as the browser sees it, while the warning is
+    /// still to be logged: not once it was, not on an HTTPS listener, and not for a request
+    /// that a TLS-terminating proxy in front marked `X-Forwarded-Proto: https`. Call before
+    /// the proxy replaces `X-Forwarded-Proto`; it costs a flag and a header lookup.
+    pub(crate) fn plain_http(&self, https: bool, headers: &HeaderMap) -> bool {
+        !(https || self.logged.load(Ordering::Relaxed) || forwarded_https(headers))
     }
 
-    /// Logs the warning unless another request did already.
-    pub(crate) fn log_once(&self, host: &HeaderValue, request_id: &str) {
-        if self.logged.swap(true, Ordering::Relaxed) {
+    /// Logs the warning for a `Secure` cookie set on a plain-HTTP request for `host`, unless
+    /// the host is `localhost` or a loopback address (browsers keep the cookie there), there is
+    /// no host (not a browser), or another request logged it already.
+    pub(crate) fn cookie_set(&self, host: Option<&HeaderValue>, request_id: &str) {
+        let Some(host) = host.and_then(|h| h.to_str().ok()) else {
+            return;
+        };
+        if is_local(host) || self.logged.swap(true, Ordering::Relaxed) {
             return;
         }
-        let host = String::from_utf8_lossy(host.as_bytes());
         tracing::warn!(
             request_id,
-            host = %host,
+            host,
             "a session cookie marked Secure was set on a plain-HTTP request, and browsers drop such cookies, so every visit starts a new session: serve HTTPS (server.tls_cert), have the proxy in front send X-Forwarded-Proto: https, or set session.secure = false for plain-HTTP development (this warning is logged once)"
         );
+    }
+
+    #[cfg(test)]
+    fn logged(&self) -> bool {
+        self.logged.load(Ordering::Relaxed)
     }
 }
 
@@ -124,23 +124,29 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_requests_for_other_hosts_until_logged() {
+    fn plain_http_unless_https_or_forwarded_https() {
         let warning = SecureCookieWarning::default();
-        let remote = HeaderValue::from_static("some-host:8080");
-        let local = HeaderValue::from_static("localhost:8080");
         let none = HeaderMap::new();
-        assert_eq!(warning.insecure_host(false, &none, Some(&remote)), Some(remote.clone()));
-        assert_eq!(warning.insecure_host(true, &none, Some(&remote)), None, "HTTPS listener");
-        assert_eq!(warning.insecure_host(false, &none, Some(&local)), None);
-        assert_eq!(warning.insecure_host(false, &none, None), None, "no host: not a browser");
+        assert!(warning.plain_http(false, &none));
+        assert!(!warning.plain_http(true, &none), "HTTPS listener");
         for proto in ["https", "HTTPS", " https , http"] {
-            let h = headers(&[("x-forwarded-proto", proto)]);
-            assert_eq!(warning.insecure_host(false, &h, Some(&remote)), None, "{proto}");
+            assert!(!warning.plain_http(false, &headers(&[("x-forwarded-proto", proto)])), "{proto}");
         }
-        let h = headers(&[("x-forwarded-proto", "http")]);
-        assert!(warning.insecure_host(false, &h, Some(&remote)).is_some());
+        assert!(warning.plain_http(false, &headers(&[("x-forwarded-proto", "http")])));
+    }
 
-        warning.log_once(&remote, "rid");
-        assert_eq!(warning.insecure_host(false, &none, Some(&remote)), None, "logged once per process");
+    #[test]
+    fn logged_once_for_a_remote_host_only() {
+        let warning = SecureCookieWarning::default();
+        warning.cookie_set(Some(&HeaderValue::from_static("localhost:8080")), "rid");
+        warning.cookie_set(Some(&HeaderValue::from_static("127.0.0.1")), "rid");
+        warning.cookie_set(None, "rid");
+        assert!(!warning.logged(), "local hosts, and no host (not a browser), are not warned about");
+        warning.cookie_set(Some(&HeaderValue::from_static("some-host:8080")), "rid");
+        assert!(warning.logged());
+        assert!(
+            !warning.plain_http(false, &HeaderMap::new()),
+            "logged once per process: nothing more to check"
+        );
     }
 }
