@@ -392,7 +392,7 @@ fn the_readme_test_vector_is_remix_signing() {
 #[test]
 fn the_readme_installs_the_binary_before_using_it() {
     let readme = readme();
-    let install = readme.find("cargo install --path .").expect("an install step");
+    let install = readme.find("cargo install --locked --path .").expect("an install step");
     let first_use = readme.find("session-proxy --").expect("a command line");
     assert!(install < first_use, "`session-proxy --...` is used before the install step");
     assert!(readme.contains("target/release/session-proxy"), "the way without installing");
