@@ -239,7 +239,11 @@ fn demo_binary() -> PathBuf {
             let exe = std::env::current_exe().unwrap();
             let profile_dir = exe.parent().and_then(Path::parent).unwrap();
             let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "--quiet", "--example", "demo"]).current_dir(REPO);
+            // Into the target directory these tests were built in, whatever it is.
+            build
+                .args(["build", "--quiet", "--locked", "--example", "demo", "--target-dir"])
+                .arg(profile_dir.parent().unwrap())
+                .current_dir(REPO);
             if profile_dir.ends_with("release") {
                 build.arg("--release");
             }
