@@ -2,43 +2,109 @@
 //! proxy in front of it on the embedded memory store.
 //!
 //! ```text
-//! cargo run --example demo          # app on 127.0.0.1:3000, proxy on 127.0.0.1:8080
+//! cargo run --example demo          # app on 127.0.0.1:3000, proxy on 127.0.0.1:8080, admin on 9901
+//! cargo run --example demo -- --listen-addr 127.0.0.1:8081   # or LISTEN_ADDR=...; see --help
 //! curl -c jar -b jar http://127.0.0.1:8080/            # visits: 1, 2, 3 ...
 //! curl -c jar -b jar 'http://127.0.0.1:8080/login?name=ada'
 //! curl -c jar -b jar http://127.0.0.1:8080/logout
 //! ```
 //!
 //! The app reads the session from `x-session` and answers with `x-session-update`; the proxy
-//! does everything else. It runs with the repository's `proxy.toml` (or `--config PATH`).
+//! does everything else. It runs with the repository's `proxy.toml` (or `--config PATH`), whose
+//! `${APP_ADDR}`, `${LISTEN_ADDR}` and `${ADMIN_ADDR}` the demo fills in from its flags (a port
+//! of 0 takes a free one; the addresses in use are printed on start). Ctrl-C stops it.
 
 use std::convert::Infallible;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use bytes::Bytes;
+use clap::Parser;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
+use session_proxy::config::ConfigError;
+use session_proxy::server::StartError;
 use session_proxy::{Limits, Server};
 
-/// Where the demo app listens; `proxy.toml` routes to it.
-const APP_ADDR: &str = "127.0.0.1:3000";
+/// The session-proxy demo: a small app that counts visits in its session, behind the proxy on
+/// the embedded memory store.
+#[derive(Parser)]
+#[command(
+    after_help = "Each address may also come from the environment variable named beside it; a port of 0 takes a free one.\nThe same variables set the addresses in the shipped proxy.toml when the proxy runs on its own."
+)]
+struct Args {
+    /// Where the demo app listens; the shipped proxy.toml routes to it
+    /// (upstream = "http://${APP_ADDR}").
+    #[arg(long, env = "APP_ADDR", default_value = "127.0.0.1:3000")]
+    app_addr: SocketAddr,
+    /// Where the proxy listens (server.listen = "${LISTEN_ADDR}").
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    listen_addr: SocketAddr,
+    /// The admin listener: /healthz, /readyz, /metrics (server.admin_listen = "${ADMIN_ADDR}").
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9901")]
+    admin_addr: SocketAddr,
+    /// The proxy's config file.
+    #[arg(long, default_value = "proxy.toml")]
+    config: PathBuf,
+}
+
+/// Where a port that is taken can be changed, for the error that says so.
+const PORT_FLAGS: &str = "the demo's addresses are set with --app-addr, --listen-addr and --admin-addr (or APP_ADDR, LISTEN_ADDR, ADMIN_ADDR); see --help";
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    // Colours only on a terminal: escape codes would litter a file or a CI log.
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let config_path = std::env::args()
-        .skip_while(|a| a != "--config")
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("proxy.toml"));
-    let config = session_proxy::config::load(&config_path)?;
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let hint = if matches!(&e, Failed::Start(StartError::Bind { .. })) {
+                format!("; {PORT_FLAGS}")
+            } else {
+                String::new()
+            };
+            eprintln!("demo: {e}{hint}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-    let app = tokio::net::TcpListener::bind(APP_ADDR).await?;
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+async fn run(args: Args) -> Result<(), Failed> {
+    let app = tokio::net::TcpListener::bind(args.app_addr).await.map_err(|source| StartError::Bind {
+        addr: args.app_addr,
+        key: "the demo app, --app-addr",
+        source,
+    })?;
+    // With port 0 the app's real address is only known now, and the config needs it.
+    let app_addr = app.local_addr().unwrap_or(args.app_addr);
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|source| ConfigError::Read { path: args.config.clone(), source })?;
+    let config = session_proxy::config::from_toml_str_with_env(&text, |name| match name {
+        "APP_ADDR" => Some(app_addr.to_string()),
+        "LISTEN_ADDR" => Some(args.listen_addr.to_string()),
+        "ADMIN_ADDR" => Some(args.admin_addr.to_string()),
+        _ => std::env::var(name).ok(),
+    })?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = app.accept().await {
             tokio::spawn(async move {
@@ -50,22 +116,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let server = Server::bind(config, Limits::default()).await?;
-    println!("demo app on http://{APP_ADDR}; proxy on http://{}", server.local_addr());
-    println!("try: curl -c jar -b jar http://{}/", server.local_addr());
-    session_proxy::signals::run_with_signals(server, config_path).await?;
+    let proxy = server.local_addr();
+    let admin = server.admin_addr().map_or_else(|| "off".to_owned(), |a| format!("http://{a}"));
+    println!("demo app on http://{app_addr}; proxy on http://{proxy}; admin on {admin}");
+    println!("try: curl -c jar -b jar http://{proxy}/");
+    server
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
     Ok(())
 }
 
 /// The legacy app: reads `x-session`, answers with `x-session-update` when it changes it.
 async fn legacy_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let mut session: Map<String, Value> = req
-        .headers()
-        .get("x-session")
-        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
-        .unwrap_or_default();
+    let received = req.headers().get("x-session");
+    let mut session: Map<String, Value> =
+        received.and_then(|v| serde_json::from_slice(v.as_bytes()).ok()).unwrap_or_default();
     let query = req.uri().query().unwrap_or("");
     let mut resp = Response::builder().header("content-type", "text/plain; charset=utf-8");
-    let text = match req.uri().path() {
+    let path = req.uri().path();
+    let text = match path {
         "/login" => {
             let name = query.strip_prefix("name=").unwrap_or("guest");
             session.insert("user".into(), json!(name));
@@ -77,7 +148,13 @@ async fn legacy_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             let body = "logged out (session destroyed)\n".to_string();
             return Ok(resp.body(Full::new(Bytes::from(body))).unwrap_or_default());
         }
-        "/static/hello.txt" => "static file: no session here\n".to_string(),
+        // Assets: `proxy.toml` routes these with `session = false`, so they arrive without a
+        // session and never count as a visit.
+        "/favicon.ico" | "/static/hello.txt" => {
+            let seen =
+                if received.is_some() { "a session (its route has session = true)" } else { "no session" };
+            return Ok(resp.body(Full::new(Bytes::from(format!("{path}: {seen}\n")))).unwrap_or_default());
+        }
         _ => {
             let visits = session.get("visits").and_then(Value::as_u64).unwrap_or(0) + 1;
             session.insert("visits".into(), json!(visits));
@@ -85,8 +162,6 @@ async fn legacy_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             format!("hello {user}: visits = {visits}\n")
         }
     };
-    if req.uri().path() != "/static/hello.txt" {
-        resp = resp.header("x-session-update", Value::Object(session).to_string());
-    }
+    resp = resp.header("x-session-update", Value::Object(session).to_string());
     Ok(resp.body(Full::new(Bytes::from(text))).unwrap_or_default())
 }

@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need, then checks
 # formatting, lints and runs every test. Integration tests start their own redis-server
-# processes on free ports; nothing here uses a Redis on 6379.
+# processes on free ports; nothing here uses a Redis on 6379. tests/readme.rs runs the README's
+# example apps with node and php (PHP's built-in server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  echo "redis-server not found: installing it (apt-get install -y redis-server)"
+# Installs the Debian package $2 when command $1 is missing (as root, with apt-get), or stops
+# with a message that says what to install.
+need() {
+  local command="$1" package="$2" why="$3"
+  command -v "$command" >/dev/null 2>&1 && return 0
+  echo "$command not found ($why): installing it (apt-get install -y $package)"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "error: the tests need redis-server and redis-cli; install them (e.g. 'sudo apt-get install -y redis-server') and run again" >&2
+    if [ -z "${APT_UPDATED:-}" ]; then
+      apt-get update -qq
+      APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
+  fi
+  if ! command -v "$command" >/dev/null 2>&1; then
+    echo "error: the tests need $command ($why); install it (e.g. 'sudo apt-get install -y $package') and run again" >&2
     exit 1
   fi
-fi
+}
+
+need redis-server redis-server "the integration tests start their own Redis servers"
+need redis-cli redis-server "the integration tests start their own Redis servers"
+need php php-cli "tests/readme.rs runs the README's PHP example"
+need node nodejs "tests/readme.rs runs the README's Node example"
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found: install Rust (rustup)" >&2; exit 1; }
 
 cargo fmt --all -- --check

@@ -98,6 +98,10 @@ pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// `store.pool_size` upper bound: far more Redis connections than one proxy process can use;
 /// a bigger number is a typo that would exhaust Redis' connection limit (Upstash caps them).
 pub const MAX_POOL_SIZE: usize = 64;
+/// Secrets shorter than this are accepted with a warning (at start, on reload and in
+/// `--check`): cookies are signed with HMAC-SHA256, whose key should hold as many random bytes
+/// as its output (32) so that it cannot be guessed offline from one signed cookie.
+pub const MIN_SECRET_BYTES: usize = 32;
 /// `session.max_bytes` upper bound: 1 MiB. A session travels in a header on every request,
 /// so it has to stay small; hyper's own header size limits may already be lower.
 pub const MAX_SESSION_BYTES: usize = 1_048_576;
@@ -364,6 +368,39 @@ impl Config {
     }
 }
 
+/// Something a valid config should not have: accepted, but said at start, on reload and by
+/// `--check`. Like errors, it names the key and never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.key, self.message)
+    }
+}
+
+impl Config {
+    /// What is accepted but unwise: secrets shorter than [`MIN_SECRET_BYTES`], by their
+    /// position in `session.secrets` (never their value or length).
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        self.session
+            .secrets
+            .iter()
+            .enumerate()
+            .filter(|(_, secret)| secret.len() < MIN_SECRET_BYTES)
+            .map(|(index, _)| ConfigWarning {
+                key: format!("session.secrets[{index}]"),
+                message: format!(
+                    "is shorter than {MIN_SECRET_BYTES} bytes, so a signed cookie could be used to guess it; use a long random value, such as the output of `openssl rand -hex 32`"
+                ),
+            })
+            .collect()
+    }
+}
+
 impl StoreUrl {
     /// The URL with its password replaced by `***`, for logs and `Debug`.
     pub fn redacted(&self) -> String {
@@ -452,7 +489,7 @@ fn redact_userinfo(url: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file itself could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read the config file {}: {}{}", path.display(), crate::io_error::reading(source), read_hint(source))]
     Read { path: PathBuf, source: std::io::Error },
     /// TOML syntax, an unknown key, or a value of the wrong type. `at` is the key path (when
     /// toml knows it) and the line and column.
@@ -470,6 +507,16 @@ pub enum ConfigError {
     /// A value that parsed but is not acceptable (bad address, missing required key, ...).
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+/// What to do when the config file is not where it was looked for.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            " (give its path with --config; the default is proxy.toml in the current directory)"
+        }
+        _ => "",
+    }
 }
 
 /// A validation error for `key`.
@@ -1706,6 +1753,23 @@ upstream = "http://localhost:3002"
         let message =
             assert_error_names(&replacing("secrets", "secrets = [\"ok\", \"\"]"), "session.secrets[1]");
         assert!(!message.contains("ok"), "{message}");
+    }
+
+    #[test]
+    fn short_secrets_are_warned_about_by_position_never_by_value() {
+        let long = "x".repeat(MIN_SECRET_BYTES);
+        let short = "y".repeat(MIN_SECRET_BYTES - 1);
+        let config =
+            parse(&replacing("secrets", &format!("secrets = [\"{long}\", \"{short}\", \"s3cr3t\"]")));
+        let warnings = config.warnings();
+        let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["session.secrets[1]", "session.secrets[2]"]);
+        for warning in &warnings {
+            let text = warning.to_string();
+            assert!(text.starts_with(&warning.key) && text.contains("32 bytes"), "{text}");
+            assert!(!text.contains(&short) && !text.contains("s3cr3t") && !text.contains("31"), "{text}");
+        }
+        assert!(parse(&replacing("secrets", &format!("secrets = [\"{long}\"]"))).warnings().is_empty());
     }
 
     #[test]

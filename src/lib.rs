@@ -24,6 +24,7 @@
 //! - [`metrics`]: Prometheus metrics; a leaf that imports nothing of the proxy.
 //! - [`config`]: `proxy.toml` → validated runtime types (`${VAR}` expansion, unknown keys
 //!   rejected).
+//! - `io_error`: I/O errors in plain words for the messages people read; a leaf.
 //!
 //! The binary (`src/main.rs`) parses arguments, loads the config, starts logging, installs
 //! mimalloc as its global allocator (`src/alloc.rs`) and calls [`Server`].
@@ -39,6 +40,7 @@ pub mod tls;
 mod admin;
 mod admission;
 mod boxed;
+mod io_error;
 mod proxy;
 mod route;
 mod session;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use session_proxy::config::ConfigError;
 use session_proxy::manage::Operation;
 use session_proxy::{Limits, Server};
 
@@ -62,7 +63,13 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             if args.check {
-                eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
+                // A file that cannot be read names itself; anything else is about its content.
+                let unreadable = matches!(e.downcast_ref::<ConfigError>(), Some(ConfigError::Read { .. }));
+                if unreadable {
+                    eprintln!("session-proxy: {e}");
+                } else {
+                    eprintln!("session-proxy: invalid config {}: {e}", args.config.display());
+                }
             } else {
                 tracing::error!(path = %args.config.display(), error = %e, "invalid config");
             }
@@ -70,6 +77,10 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // Valid, so exit 0; `Server::bind` logs the same warnings when the proxy starts.
+        for warning in config.warnings() {
+            eprintln!("session-proxy: warning: {}: {warning}", args.config.display());
+        }
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }

@@ -89,12 +89,16 @@ fn load_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<Arc<Certified
 
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| cert_error(e.to_string()))?;
+        .map_err(|e| cert_error(pem_reason(&e, CERT_EXPECTED)))?;
     if certs.is_empty() {
-        return Err(cert_error("no certificate in the file".into()));
+        return Err(cert_error(format!("no certificate in the file ({CERT_EXPECTED})")));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| key_error(e.to_string()))?;
-    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| key_error(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| key_error(pem_reason(&e, KEY_EXPECTED)))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| key_error(format!("the key does not load ({e}); {KEY_EXPECTED}")))?;
     let certified = CertifiedKey::new(certs, signing_key);
     match certified.keys_match() {
         // A key type whose public half the provider cannot show is accepted, as rustls does.
@@ -107,6 +111,22 @@ fn load_key(files: &TlsFiles, provider: &CryptoProvider) -> Result<Arc<Certified
         Err(e) => return Err(cert_error(e.to_string())),
     }
     Ok(Arc::new(certified))
+}
+
+/// What `server.tls_cert` must hold, for messages about a file that does not.
+const CERT_EXPECTED: &str = "expected PEM certificates, leaf first: -----BEGIN CERTIFICATE-----";
+/// What `server.tls_key` must hold.
+const KEY_EXPECTED: &str =
+    "expected a PEM private key: PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 RSA (BEGIN RSA PRIVATE KEY) or SEC1 EC (BEGIN EC PRIVATE KEY)";
+
+/// Why a PEM file did not load, in plain words.
+fn pem_reason(e: &rustls::pki_types::pem::Error, expected: &str) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::Io(io) => crate::io_error::reading(io),
+        Error::NoItemsFound => format!("nothing usable in the file ({expected})"),
+        other => format!("the file is not valid PEM ({other}); {expected}"),
+    }
 }
 
 /// Serves whichever certificate was loaded last, whatever the client's SNI.
@@ -165,6 +185,7 @@ mod tests {
         let missing = TlsFiles { cert: dir.path().join("none.pem"), key: dir.path().join("key.pem") };
         let message = check(&missing).unwrap_err().to_string();
         assert!(message.starts_with("server.tls_cert ") && message.contains("none.pem"), "{message}");
+        assert!(message.ends_with("there is no such file"), "plain words, no os error code: {message}");
 
         let files = write(dir.path(), "not a certificate\n", &key);
         let message = check(&files).unwrap_err().to_string();

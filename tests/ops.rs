@@ -1007,3 +1007,127 @@ async fn json_logs_carry_the_access_fields_and_never_a_cookie_or_session_content
         assert!(!text.contains(needle), "{needle:?} appears in the log:\n{text}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Warnings a newcomer needs: Secure cookies on plain HTTP, short secrets
+// ---------------------------------------------------------------------------------------------
+
+const SECURE_COOKIE_WARNING: &str = "a session cookie marked Secure was set on a plain-HTTP request";
+
+/// Sends a login (which sets the session cookie) with these `Host` and extra headers, and
+/// returns the log lines up to its access line: the warning, if any, is written before it.
+async fn login_as(proxy: &mut ProxyProcess, host: &str, extra: &[(&str, &str)], id: &str) -> Vec<Value> {
+    let mut req = Request::get(proxy.url("/app/login")).header("host", host).header("x-request-id", id);
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let (status, headers, _) = send(req.body(empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers.get(SET_COOKIE).expect("login sets the cookie").to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    proxy.collect_until(|l| l["target"] == "access" && l["request_id"] == id).await
+}
+
+fn secure_warnings(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|l| message(l).starts_with(SECURE_COOKIE_WARNING)).collect()
+}
+
+/// With `secure = true`, a cookie set on plain HTTP for a host other than localhost or a
+/// loopback address is dropped by browsers: one WARN line per process says so, naming the host
+/// and never the cookie. HTTPS (the listener's, or `X-Forwarded-Proto: https` from a proxy in
+/// front) and local hosts, where browsers keep Secure cookies, are not warned about.
+#[tokio::test]
+async fn a_secure_cookie_on_plain_http_for_a_remote_host_is_warned_about_once() {
+    let app = session_app().await;
+    let config =
+        binary_config(false, &["s"], &route_block("/app", &app, true)).replace("secure = false\n", "");
+    let mut proxy = ProxyProcess::start(&config).await;
+
+    let local = [
+        ("localhost:8080", &[][..]),
+        ("127.0.0.1:8080", &[]),
+        ("[::1]:8080", &[]),
+        ("app.example.com", &[("x-forwarded-proto", "https")]),
+    ];
+    for (i, (host, extra)) in local.iter().enumerate() {
+        let lines = login_as(&mut proxy, host, extra, &format!("quiet-{i}")).await;
+        assert!(secure_warnings(&lines).is_empty(), "no warning for {host} {extra:?}: {lines:?}");
+    }
+
+    let lines = login_as(&mut proxy, "app.example.com:8080", &[], "first-plain").await;
+    let warned = secure_warnings(&lines);
+    assert_eq!(warned.len(), 1, "{lines:?}");
+    assert_eq!(warned[0]["level"], "WARN");
+    assert_eq!(warned[0]["host"], "app.example.com:8080");
+    assert_eq!(warned[0]["request_id"], "first-plain");
+    assert!(message(warned[0]).contains("session.secure = false"), "says what to do: {}", warned[0]);
+
+    for i in 0..3 {
+        let lines = login_as(&mut proxy, "other.example.com", &[], &format!("again-{i}")).await;
+        assert!(secure_warnings(&lines).is_empty(), "once per process: {lines:?}");
+    }
+}
+
+/// A secret shorter than 32 bytes is accepted, with a warning that names its position in
+/// `session.secrets` and never its value: from `--check` (exit 0) and when the proxy starts.
+#[tokio::test]
+async fn short_secrets_are_warned_about_at_start_and_by_check() {
+    let long = "0123456789abcdef0123456789abcdef";
+    let short = "tiny-secret-41f0";
+    let app = session_app().await;
+    let config = binary_config(false, &[long, short], &route_block("/app", &app, true));
+
+    let (ok, stdout, stderr) = check(&config);
+    assert!(ok, "valid, so exit 0: {stderr}");
+    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "one warning: {stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("session.secrets[1] is shorter than 32 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(short) && !stderr.contains("session.secrets[0]"), "{stderr}");
+    let (ok, _, stderr) = check(&binary_config(false, &[long], &route_block("/app", &app, true)));
+    assert!(ok && stderr.is_empty(), "no warning for a long secret: {stderr}");
+
+    let mut proxy = ProxyProcess::start(&config).await;
+    proxy.signal("TERM");
+    proxy.wait_exit().await;
+    guarded("the end of stderr", async { while proxy.lines.recv().await.is_some() {} }).await;
+    let log = proxy.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("session.secrets[")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("\"WARN\"") && warnings[0].contains("session.secrets[1]"), "{log}");
+    assert!(!log.contains(short), "the secret never appears: {log}");
+}
+
+/// `--check`'s messages are one line each, in words: a missing file says so and how to give
+/// the path; a bad value names its key; neither carries an OS error code or Debug text.
+#[test]
+fn check_messages_are_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = Command::new(BINARY).arg("--config").arg(&missing).arg("--check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "session-proxy: cannot read the config file {}: there is no such file (give its path with --config; the default is proxy.toml in the current directory)",
+            missing.display()
+        )
+    );
+
+    for (config, key) in [
+        ("[server]\nlisten = \"localhost\"\n", "server.listen"),
+        (
+            "[server]\nlisten = \"127.0.0.1:1\"\n[session]\nsecrets = [\"s\"]\nmax_agee = 3\n",
+            "session.max_agee",
+        ),
+    ] {
+        let (ok, _, stderr) = check(config);
+        assert!(!ok);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(!stderr.contains("os error") && !stderr.contains(" { "), "{stderr}");
+    }
+}

@@ -41,19 +41,39 @@ pub(crate) const MAX_HEAD_BYTES: usize = 400 * 1024;
 /// [`MAX_HEAD_BYTES`] and room to spare (hyper's default).
 const MAX_READ_BUFFER: usize = MAX_HEAD_BYTES + 8 * 1024;
 
-/// Why a request got no response from the upstream.
+/// Why a request got no response from the upstream. The messages are for the log line that
+/// says so: they name the upstream and carry the underlying cause in plain words.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum UpstreamError {
-    #[error("connect to {0} timed out")]
+    #[error("connecting to the upstream {} timed out", .0)]
     ConnectTimeout(Authority),
-    #[error("connect to {0}: {1}")]
+    #[error("cannot connect to the upstream {}: {}{}", .0, crate::io_error::plain(.1), connect_hint(.1))]
     Connect(Authority, #[source] io::Error),
-    #[error("HTTP/1.1 handshake with {0}: {1}")]
+    #[error("the HTTP/1.1 handshake with the upstream {} failed: {}", .0, with_cause(.1))]
     Handshake(Authority, #[source] hyper::Error),
     /// The connection failed while sending the request or reading the response head
     /// (refused mid-way, reset, garbage, a request body that failed).
-    #[error("{0}")]
+    #[error("the upstream connection failed: {}", with_cause(.0))]
     Send(#[source] hyper::Error),
+}
+
+/// What to check when an upstream refuses connections: most often, the app is not running.
+fn connect_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => " (is the app running and listening there?)",
+        _ => "",
+    }
+}
+
+/// hyper's message, and the socket's error under it when there is one.
+fn with_cause(e: &hyper::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => match cause.downcast_ref::<io::Error>() {
+            Some(io) => format!("{e}: {}", crate::io_error::plain(io)),
+            None => format!("{e}: {cause}"),
+        },
+        None => e.to_string(),
+    }
 }
 
 impl UpstreamError {
@@ -322,5 +342,27 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_upstream_and_say_what_to_check() {
+        let authority: Authority = "127.0.0.1:3000".parse().unwrap();
+        let refused =
+            UpstreamError::Connect(authority.clone(), io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to the upstream 127.0.0.1:3000: connection refused (is the app running and listening there?)"
+        );
+        let refused = UpstreamError::Connect(authority.clone(), io::Error::from_raw_os_error(111));
+        assert!(!refused.to_string().contains("os error"), "{refused}");
+        assert_eq!(
+            UpstreamError::ConnectTimeout(authority).to_string(),
+            "connecting to the upstream 127.0.0.1:3000 timed out"
+        );
     }
 }

@@ -144,11 +144,8 @@ impl Failure {
                 );
             }
             Failure::Upstream(error) => {
-                let reason = match std::error::Error::source(error) {
-                    Some(source) => format!("{error}: {source}"),
-                    None => error.to_string(),
-                };
-                tracing::warn!(request_id, route, status, reason = %reason, "upstream failed");
+                // The error's text names the upstream and carries its cause.
+                tracing::warn!(request_id, route, status, reason = %error, "upstream failed");
             }
             Failure::UpstreamTimeout(_) | Failure::ClientBodyIdle(_) => {
                 tracing::warn!(request_id, route, status, reason = %self, "upstream failed");

@@ -11,6 +11,7 @@ pub(crate) mod error;
 pub(crate) mod headers;
 pub(crate) mod request_body;
 pub(crate) mod response;
+pub(crate) mod secure_cookie;
 pub(crate) mod upgrade;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use http_body_util::Either;
 use request_body::{BodyWatch, StallWatch, UpstreamBody};
 pub(crate) use response::ProxyBody;
 use response::Streamed;
+use secure_cookie::SecureCookieWarning;
 
 /// The part of the config that a reload swaps in at once; requests in flight keep the
 /// generation they started with.
@@ -68,6 +70,8 @@ pub(crate) struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Whether clients reach us over HTTPS (for `X-Forwarded-Proto`).
     pub https: bool,
+    /// One for the whole server: a `Secure` cookie set on plain HTTP is logged once.
+    pub secure_cookie: Arc<SecureCookieWarning>,
     /// A request body that sends nothing for this long is cut (`Limits::body_idle_timeout`).
     pub body_idle_timeout: Duration,
 }
@@ -197,6 +201,12 @@ impl Proxy {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         headers::remove_hop_by_hop(req.headers_mut(), upgrade);
 
+        // Before `X-Forwarded-Proto` is replaced: would a `Secure` cookie set on this request
+        // be dropped by the browser (and is that still to be said)?
+        let plain_http = route.session
+            && app.session.config().secure
+            && self.secure_cookie.plain_http(self.https, req.headers());
+
         // Request side of the session seam.
         let mut store = app.session.calls(&self.store);
         let session = if route.session {
@@ -228,7 +238,11 @@ impl Proxy {
         if let Some(session) = session {
             let saved = app.session.save(&mut store, session, resp.headers_mut(), rid(request_id)).await;
             out.store_time = store.elapsed;
-            out.session = saved?;
+            let saved = saved?;
+            out.session = saved.event;
+            if plain_http && saved.cookie_set {
+                self.secure_cookie.cookie_set(host.as_ref(), rid(request_id));
+            }
         }
         // The protocol headers never reach the client, on any route, in any spelling.
         protocol::strip_protocol_headers(resp.headers_mut(), app.session.response_strip());

@@ -24,6 +24,7 @@ use crate::admission::{Admitted, Gate, Ticket};
 use crate::config::{Config, ConfigError, StoreConfig, StoreUrl};
 use crate::metrics::Metrics;
 use crate::proxy::client::UpstreamClient;
+use crate::proxy::secure_cookie::SecureCookieWarning;
 use crate::proxy::{App, Proxy};
 use crate::store::{Store, StoreError};
 use crate::tls::{Tls, TlsError};
@@ -48,13 +49,14 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    /// `key` is what set the address (`server.listen`, `server.admin_listen`, or a flag).
+    #[error("cannot listen on {addr} ({key}): {}", crate::io_error::binding(source))]
+    Bind { addr: SocketAddr, key: &'static str, source: std::io::Error },
     #[error("session store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot start the worker threads: {0}")]
+    #[error("cannot start the worker threads: {}", crate::io_error::plain(.0))]
     Workers(std::io::Error),
-    #[error("TLS: {0}")]
+    #[error(transparent)]
     Tls(#[from] TlsError),
     /// The open-file limit cannot hold `server.max_connections`.
     #[error(transparent)]
@@ -94,14 +96,15 @@ impl Server {
     /// Binds the listeners, starts the worker threads and builds the store (which starts even
     /// while Redis is down).
     pub async fn bind(config: Config, limits: Limits) -> Result<Server, StartError> {
+        log_warnings(&config);
         let max_connections = connection_cap(&config, &limits)?;
         let tls = match &config.server.tls {
             Some(files) => Some(Tls::load(files)?),
             None => None,
         };
-        let listener = bind(config.server.listen).await?;
+        let listener = bind(config.server.listen, "server.listen").await?;
         let admin = match config.server.admin_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "server.admin_listen").await?),
             None => None,
         };
         let workers = Workers::start(limits.workers).map_err(StartError::Workers)?;
@@ -109,6 +112,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         metrics.set_max_connections(max_connections);
         let app = Arc::new(ArcSwap::from_pointee(App::new(&config, &metrics)));
+        let secure_cookie = Arc::new(SecureCookieWarning::default());
         let proxies: Vec<Arc<Proxy>> = stores
             .into_iter()
             .map(|store| {
@@ -121,6 +125,7 @@ impl Server {
                     store,
                     metrics: metrics.clone(),
                     https: tls.is_some(),
+                    secure_cookie: secure_cookie.clone(),
                     body_idle_timeout: limits.body_idle_timeout,
                 })
             })
@@ -341,8 +346,15 @@ fn worker_store_config(cfg: &StoreConfig, index: usize, workers: usize) -> Store
     StoreConfig { pool_size: share.max(1), ..cfg.clone() }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, key, source })
+}
+
+/// What the config has that is valid but unwise (`Config::warnings`), at start and on reload.
+fn log_warnings(config: &Config) {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Swaps in a new config for new requests (SIGHUP). Cheap to clone.
@@ -394,6 +406,7 @@ impl Reloader {
                 "changed in the config file but needs a restart to take effect; keeping the running value"
             );
         }
+        log_warnings(&config);
         self.app.store(Arc::new(App::new(&config, &self.metrics)));
 
         // Remember the running values of what was not applied, so the next reload compares

@@ -73,6 +73,15 @@ impl SessionEvent {
     }
 }
 
+/// What the response side did: the access log's `session` field, and whether the response
+/// sets the session cookie (a new or moved id, `rolling`, or a re-signed cookie; not a clearing
+/// one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Saved {
+    pub event: SessionEvent,
+    pub cookie_set: bool,
+}
+
 /// The state a request's session is in, as the request side found it and the response side
 /// acts on it.
 #[derive(Debug)]
@@ -368,9 +377,10 @@ impl SessionLayer {
         state: SessionState,
         resp: &mut HeaderMap,
         request_id: &str,
-    ) -> Result<SessionEvent, SaveError> {
+    ) -> Result<Saved, SaveError> {
         let requested = self.read_request(resp)?;
         let regenerate = resp.contains_key(&self.cfg.regenerate_header);
+        let resign = matches!(&state, SessionState::Live(live) if live.resign);
         let outcome = match state {
             SessionState::Anonymous => match requested {
                 Requested::Replace { text, .. } => self.create(store, &text, resp).await,
@@ -427,7 +437,18 @@ impl SessionLayer {
             }
             Err(_) => {}
         }
-        outcome
+        outcome.map(|event| Saved { event, cookie_set: self.sets_cookie(event, resign) })
+    }
+
+    /// Whether a response that ended in `event` carries the session cookie: a new id always
+    /// does; a kept one when `rolling`, or when its cookie is re-signed with the first secret
+    /// (`refresh_cookie`).
+    fn sets_cookie(&self, event: SessionEvent, resign: bool) -> bool {
+        match event {
+            SessionEvent::Created | SessionEvent::Regenerated => true,
+            SessionEvent::Loaded | SessionEvent::Updated => self.cfg.rolling || resign,
+            SessionEvent::None | SessionEvent::Destroyed => false,
+        }
     }
 
     async fn save_live(
