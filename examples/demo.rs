@@ -5,12 +5,15 @@
 //! cargo run --example demo          # app on 127.0.0.1:3000, proxy on 127.0.0.1:8080, admin on 9901
 //! cargo run --example demo -- --listen-addr 127.0.0.1:8081   # or LISTEN_ADDR=...; see --help
 //! curl -c jar -b jar http://127.0.0.1:8080/            # visits: 1, 2, 3 ...
-//! curl -c jar -b jar 'http://127.0.0.1:8080/login?name=ada'
+//! curl -i -c jar -b jar http://127.0.0.1:8080/account  # 302 to /login?next=%2Faccount
+//! curl -i -c jar -b jar 'http://127.0.0.1:8080/login?name=ada&next=%2Faccount'
+//! curl -c jar -b jar http://127.0.0.1:8080/account     # the account page of ada
 //! curl -c jar -b jar http://127.0.0.1:8080/logout
 //! ```
 //!
 //! The app reads the session from `x-session` and answers with `x-session-update`; the proxy
-//! does everything else. It runs with the repository's `proxy.toml` (or `--config PATH`), whose
+//! does everything else: `/account` is a route with `require = "/user"`, so only logged-in
+//! sessions reach it, and the app reads who is logged in from the `x-user` identity header. It runs with the repository's `proxy.toml` (or `--config PATH`), whose
 //! `${APP_ADDR}`, `${LISTEN_ADDR}` and `${ADMIN_ADDR}` the demo fills in from its flags (a port
 //! of 0 takes a free one; the addresses in use are printed on start). Ctrl-C stops it.
 
@@ -138,10 +141,26 @@ async fn legacy_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     let path = req.uri().path();
     let text = match path {
         "/login" => {
-            let name = query.strip_prefix("name=").unwrap_or("guest");
+            let Some(name) = param(query, "name").filter(|n| !n.is_empty()) else {
+                // Where the proxy sends browsers that need a log-in, with `next`.
+                let next = param(query, "next").unwrap_or_else(|| "/".to_owned());
+                let body = format!("log in: /login?name=YOU&next={}\n", encode(&next));
+                return Ok(resp.body(Full::new(Bytes::from(body))).unwrap_or_default());
+            };
             session.insert("user".into(), json!(name));
             resp = resp.header("x-session-regenerate", "1");
+            // Back where the browser was going: a path of this site only, never `//host`.
+            if let Some(next) = param(query, "next").filter(|n| n.starts_with('/') && !n.starts_with("//")) {
+                resp = resp.status(302).header("location", next);
+            }
             format!("logged in as {name} (new session id issued)\n")
+        }
+        // A route with `require = "/user"` in `proxy.toml`: only logged-in sessions get here,
+        // and the proxy names the user in the `x-user` identity header.
+        "/account" => {
+            let user = req.headers().get("x-user").and_then(|v| v.to_str().ok()).unwrap_or("?");
+            let body = format!("account of {user} (from the x-user header)\n");
+            return Ok(resp.body(Full::new(Bytes::from(body))).unwrap_or_default());
         }
         "/logout" => {
             resp = resp.header("x-session-update", "null");
@@ -164,4 +183,16 @@ async fn legacy_app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
     };
     resp = resp.header("x-session-update", Value::Object(session).to_string());
     Ok(resp.body(Full::new(Bytes::from(text))).unwrap_or_default())
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned())
+    })
+}
+
+fn encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -295,10 +295,25 @@ async fn the_demo_runs_on_the_ports_it_is_given_with_plain_logs() {
     }
     let (_, _, body) = get_with_cookie(&format!("{proxy}/"), Some(&cookie)).await;
     assert_eq!(body, "hello anonymous: visits = 2\n", "the assets did not count");
-    let (_, headers, _) = get_with_cookie(&format!("{proxy}/login?name=ada"), Some(&cookie)).await;
+    // The protected page: sent to log in, with where to come back to.
+    let (status, headers, _) = get_with_cookie(&format!("{proxy}/account"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(headers["location"], "/login?next=%2Faccount");
+    let (status, _, body) = get_with_cookie(&format!("{proxy}/login?next=%2Faccount"), Some(&cookie)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "log in: /login?name=YOU&next=%2Faccount\n"));
+    let (status, headers, _) =
+        get_with_cookie(&format!("{proxy}/login?name=ada&next=%2Faccount"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(headers["location"], "/account");
     let cookie = session_cookie(&headers).expect("a new id at log-in");
+    let (status, _, body) = get_with_cookie(&format!("{proxy}/account"), Some(&cookie)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "account of ada (from the x-user header)\n"));
     let (_, _, body) = get_with_cookie(&format!("{proxy}/"), Some(&cookie)).await;
     assert_eq!(body, "hello ada: visits = 3\n");
+    let (_, headers, _) = get_with_cookie(&format!("{proxy}/logout"), Some(&cookie)).await;
+    assert!(headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let (status, _, _) = get_with_cookie(&format!("{proxy}/account"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::FOUND, "logged out: sent to log in again");
     let (status, _, _) = get(&format!("{admin}/metrics")).await;
     assert_eq!(status, StatusCode::OK);
 
