@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 
 // ---------------------------------------------------------------------------------------------
-// Defaults (DESIGN.md, `proxy.toml`): every key but `server.listen`, `session.secrets` and the
+// Defaults (the README, `proxy.toml`): every key but `server.listen`, `session.secrets` and the
 // routes' `prefix` / `upstream` has one.
 // ---------------------------------------------------------------------------------------------
 
@@ -1208,7 +1208,7 @@ fn session_headers(
     ])
 }
 
-/// The comparison form DESIGN.md uses for stripping: lowercase, `_` → `-`.
+/// The comparison form the proxy uses for stripping: lowercase, `_` → `-`.
 fn normalise_header_name(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
 }
@@ -1324,7 +1324,7 @@ fn upstream_uri(text: &str) -> Result<Uri, &'static str> {
         .map_err(|_| "is not a valid URI")
 }
 
-/// A `Host` to match: lowercased, any `:port` removed (DESIGN.md: ports are ignored).
+/// A `Host` to match: lowercased, any `:port` removed (the README: ports are ignored).
 fn route_host(text: &str) -> Result<String, &'static str> {
     const BAD_HOST: &str = "must be a host name such as app.example.com";
     if text.contains(['@', '/', '?', '#']) {
@@ -1394,7 +1394,7 @@ upstream = "http://127.0.0.1:3000"
         message
     }
 
-    const DESIGN_EXAMPLE: &str = r#"
+    const FULL_EXAMPLE: &str = r#"
 [server]
 listen = "127.0.0.1:8080"          # required
 # tls_cert = "cert.pem"            # with tls_key: serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN)
@@ -1442,12 +1442,11 @@ session = true                     # default true
 # host = "app.example.com"         # only requests for this Host
 "#;
 
-    // --- the DESIGN.md example and defaults -------------------------------------------------
+    // --- the full example and defaults -------------------------------------------------
 
     #[test]
     fn design_example_parses() {
-        let config =
-            from_toml_str_with_env(DESIGN_EXAMPLE, env(&[("SESSION_SECRET", "top-secret")])).unwrap();
+        let config = from_toml_str_with_env(FULL_EXAMPLE, env(&[("SESSION_SECRET", "top-secret")])).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.store.url, StoreUrl::Memory);
         assert_eq!(config.store.key_prefix, "_session:");
@@ -1465,7 +1464,7 @@ session = true                     # default true
 
     #[test]
     fn design_example_without_secret_names_the_variable() {
-        let message = from_toml_str_with_env(DESIGN_EXAMPLE, no_env).unwrap_err().to_string();
+        let message = from_toml_str_with_env(FULL_EXAMPLE, no_env).unwrap_err().to_string();
         assert!(message.starts_with("session.secrets[0]:"), "{message}");
         assert!(message.contains("SESSION_SECRET"), "{message}");
     }

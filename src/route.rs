@@ -1,6 +1,6 @@
 //! Route matching: which `[[route]]` a request goes to.
 //!
-//! Rules (DESIGN.md, "proxy.toml"): a route with `host` is preferred over one without, then the
+//! Rules (the README, "Configuration reference"): a route with `host` is preferred over one without, then the
 //! longest prefix wins; prefixes match on path-segment boundaries; a prefix ending in `/`
 //! matches only below it. The table is sorted once when the config loads, so a lookup is a
 //! linear scan that stops at the first match.
@@ -213,7 +213,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// The matching rules of DESIGN.md, written out plainly: a route with `host` beats one
+        /// The matching rules of the README, written out plainly: a route with `host` beats one
         /// without, then the longer prefix, then the earlier one in the file.
         fn reference(routes: &[RouteConfig], host: Option<&str>, path: &str) -> Option<usize> {
             let host = host.map(|h| {

@@ -1,4 +1,4 @@
-//! Access control at the edge and identity headers (DESIGN.md "Access control and identity
+//! Access control at the edge and identity headers (the README's "Access control and identity
 //! headers"), end to end on a real `redis-server` and on `memory://`: protected routes for
 //! anonymous browsers (302 to log in, with the right `next`), API clients (401), logged-in
 //! sessions (forwarded), the wrong role; identity headers for strings, non-ASCII, numbers,
@@ -145,7 +145,7 @@ async fn without_a_login_url_browsers_get_401() {
     assert_eq!(panics(), 0);
 }
 
-/// Identity headers carry the session's values as DESIGN.md encodes them, on every session
+/// Identity headers carry the session's values as the README says to encode them, on every session
 /// route; absent for a missing or `null` value and for visitors without a session.
 async fn identity_headers(redis: bool) {
     let env = start(redis, HEADERS).await;

@@ -1,4 +1,4 @@
-//! Concurrent requests of one session (DESIGN.md, "Concurrent requests"), end to end on a real
+//! Concurrent requests of one session (the README, "Concurrent requests"), end to end on a real
 //! `redis-server` and on `memory://`: no lost update when many requests of one session change
 //! it at once (the ledger), no log-out or regenerate undone by a request that was already in
 //! flight (409), a regenerate that carries a change made meanwhile, an app that echoes the

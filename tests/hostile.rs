@@ -11,7 +11,7 @@
 //! - `Transfer-Encoding` together with `Content-Length` (in either order, whatever the length
 //!   says), and a `Transfer-Encoding` other than one `chunked` (`gzip, chunked`, `chunked`
 //!   twice): `400`, the connection is closed, and nothing is forwarded (the proxy's own rule,
-//!   DESIGN.md; hyper alone would read the first as chunked and forward it);
+//!   the README; hyper alone would read the first as chunked and forward it);
 //! - differing `Content-Length` values, an invalid one, a `Transfer-Encoding` whose last coding
 //!   is not `chunked`, `Transfer-Encoding` in HTTP/1.0, a space before the colon, obs-fold
 //!   line continuations and control characters (NUL, CR, DEL, ...) in a value: `400`, and

@@ -1,4 +1,4 @@
-//! Nothing unbounded (DESIGN.md, "Proxying"): the connection cap (`server.max_connections`,
+//! Nothing unbounded (the README, "Limits"): the connection cap (`server.max_connections`,
 //! the admin listener's own cap), the open-file limit checked at start, an upstream that stops
 //! sending its response body (`upstream_read_timeout_ms`, per route `read_timeout_ms`), a
 //! client that takes nothing of its response (`client_send_timeout_ms`, HTTP/1.1 and HTTP/2),

@@ -1,4 +1,4 @@
-//! Session management (DESIGN.md "Session management"), end to end on a real `redis-server`
+//! Session management (the README's "Session management"), end to end on a real `redis-server`
 //! and on `memory://`: the admin endpoints with and without the token, inspecting and revoking
 //! one session, the index of sessions by user kept through log-in, update, regenerate, destroy
 //! and expiry, "log this user out everywhere" with several browsers, a revocation racing a

@@ -343,7 +343,7 @@ async fn finishes_in_flight_request_on_shutdown(
     headers
 }
 
-/// DESIGN.md: on session routes the upgrade request carries `x-session` like any other, and a
+/// The README: on session routes the upgrade request carries `x-session` like any other, and a
 /// forged one never reaches the upstream.
 #[tokio::test]
 async fn websocket_on_a_session_route_carries_the_session_header() {

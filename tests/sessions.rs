@@ -1,5 +1,5 @@
 //! Sessions end to end: the header protocol, the storage and cookie format and the error table
-//! of DESIGN.md, through a running proxy, an in-process upstream and a real `redis-server` that
+//! of the README, through a running proxy, an in-process upstream and a real `redis-server` that
 //! each test starts on a free port.
 //!
 //! The behaviour bodies take a [`Backend`] and run against Redis (values and TTLs read back
@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use ring::hmac;
 
-/// The first (signing) secret of most tests: the one of DESIGN.md's test vector.
+/// The first (signing) secret of most tests: the one of the README's test vector.
 const SECRET: &str = "s3cr3t";
 const KEY_PREFIX: &str = "_session:";
 const COOKIE_NAME: &str = "__session";
@@ -43,7 +43,7 @@ const TTL_SLACK: i64 = 300;
 /// The store timeout while Redis is meant to be healthy: far above any real round trip, so a
 /// loaded machine never turns a slow answer into a 503.
 const HEALTHY_STORE_TIMEOUT_MS: u64 = 5000;
-/// The store timeout of tests that make the store fail (DESIGN.md's default): each failing
+/// The store timeout of tests that make the store fail (the README's default): each failing
 /// call costs this long, and a healthy round trip stays far below it even on a loaded machine.
 const FAILING_STORE_TIMEOUT_MS: u64 = 1000;
 /// Any single request taking longer than this is a hang: the test fails.
@@ -60,11 +60,11 @@ const REPLY_PREFIX: &str = "reply-";
 const STOP_REDIS: &str = "x-test-stop-redis";
 /// The TLS server's password, with characters that must be percent-encoded in the URL.
 const TLS_PASSWORD: &str = "upstash token/+=";
-/// DESIGN.md's test vector: id `0123456789abcdef` signed with `s3cr3t`.
+/// the README's test vector: id `0123456789abcdef` signed with `s3cr3t`.
 const VECTOR_ID: &str = "0123456789abcdef";
 const VECTOR_COOKIE: &str =
     "__session=IjAxMjM0NTY3ODlhYmNkZWYi.PCyAmkvqqQJNQ7UMzWFVYtGWrV2Ri%2Bt8aeKpCdQUKdU";
-/// The proxy's session cookie is only looked at up to this many bytes (DESIGN: oversized
+/// The proxy's session cookie is only looked at up to this many bytes (the README: oversized
 /// cookies are a new visitor).
 const MAX_COOKIE_VALUE_BYTES: usize = 4096;
 
@@ -126,7 +126,7 @@ fn lock(server: &Mutex<RedisServer>) -> MutexGuard<'_, RedisServer> {
     server.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The session settings a test changes; everything else is the DESIGN.md default.
+/// The session settings a test changes; everything else is the default.
 #[derive(Clone)]
 struct Opts {
     secrets: Vec<&'static str>,
@@ -379,7 +379,7 @@ async fn scripted_upstream(redis: Option<Arc<Mutex<RedisServer>>>) -> (Upstream,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Answers, cookies and Remix's signing, written from the format in DESIGN.md
+// Answers, cookies and Remix's signing, written from the format in the README
 // ---------------------------------------------------------------------------------------------
 
 struct Answer {
@@ -477,7 +477,7 @@ impl Answer {
     }
 }
 
-/// Whether a header name is one of the four protocol names by DESIGN.md's comparison.
+/// Whether a header name is one of the four protocol names by the README's comparison.
 fn is_protocol_name(name: &str) -> bool {
     let normalized = name.to_ascii_lowercase().replace('_', "-");
     ["x-session", "x-session-update", "x-session-regenerate", "x-session-patch"]

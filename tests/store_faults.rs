@@ -3,7 +3,7 @@
 //! case of the outage on the side); and Redis frozen. Concurrent requests of one session are
 //! in `concurrent.rs`.
 //!
-//! What DESIGN.md promises and these tests check: a 2xx for a session change means the change
+//! What the README promises and these tests check: a 2xx for a session change means the change
 //! is in the store ("never a 2xx that claims a change that was not saved"); a store that is down
 //! or stalled gives 503 with `Retry-After: 1` (`fail`) or a request without `x-session`
 //! (`pass`); routes without sessions keep working; the proxy recovers by itself; nothing

@@ -1,6 +1,6 @@
 //! Upstream faults: an upstream that refuses, hangs, speaks garbage, cuts its body short or is
 //! merely slow gets 502, 504, a cleanly cut response or the answer, and the proxy keeps
-//! serving every other client meanwhile (DESIGN.md, "Errors and bad input").
+//! serving every other client meanwhile (the README, "Errors").
 //!
 //! Faulty upstreams are raw TCP servers, so they can send what no HTTP library would. No
 //! timing assertions: bounded waits only guard against hangs.
@@ -177,7 +177,7 @@ async fn failing_upstreams_get_502_or_504_and_others_are_served() {
     }
 
     // Headers in time, then the body stalls: `upstream_timeout_ms` only covers the wait for
-    // the headers (DESIGN.md), so the response starts and its body waits for the upstream, as
+    // the headers (the README), so the response starts and its body waits for the upstream, as
     // a long poll or an event stream would. The client can give up; others are not affected.
     let resp =
         guarded("late body", client().request(Request::get(proxy.url("/late-body")).body(empty()).unwrap()))

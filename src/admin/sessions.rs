@@ -1,4 +1,4 @@
-//! The session management endpoints (DESIGN.md "Session management"), enabled by
+//! The session management endpoints (the README's "Session management"), enabled by
 //! `server.admin_token`: `GET`/`DELETE /sessions/{id}` and `GET`/`DELETE /index/{value}`.
 //!
 //! Every request needs `Authorization: Bearer <token>`. The token is compared in constant time

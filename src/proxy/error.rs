@@ -1,5 +1,5 @@
 //! Everything that can go wrong on a request, and the one place that turns it into a status
-//! code (DESIGN.md, "Errors and bad input") and a log line.
+//! code (the README, "Errors") and a log line.
 
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ pub(crate) enum Failure {
     #[error("session store write failed: {0}")]
     StoreWrite(StoreError),
     /// The session was destroyed or moved to another id while the request was in flight:
-    /// nothing was written, and the client keeps no cookie of it (DESIGN.md, "Concurrent
+    /// nothing was written, and the client keeps no cookie of it (the README, "Concurrent
     /// requests").
     #[error("the session was destroyed or moved while the request was in flight")]
     Interrupted,
@@ -64,7 +64,7 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// DESIGN.md's error table.
+    /// the README's error table.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,

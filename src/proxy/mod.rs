@@ -4,7 +4,7 @@
 //! The server calls [`Proxy::handle`] for every request. A worker's `Proxy` owns what a request
 //! needs: the routes and session settings of the current config generation ([`App`], swapped
 //! whole on reload), the upstream client, the store and the metrics. Every failure is a
-//! [`Failure`] whose `status()` is DESIGN.md's error table (`error`).
+//! [`Failure`] whose `status()` is the README's error table (`error`).
 
 pub(crate) mod client;
 pub(crate) mod error;

@@ -2,7 +2,7 @@
 //!
 //! hyper reads such a request as chunked and drops its `Content-Length` before the handler
 //! sees it (RFC 9112 §6.3 allows that, with the connection closed after the response), so the
-//! proxy could not tell it from a plain chunked request, and would forward it. DESIGN.md wants
+//! proxy could not tell it from a plain chunked request, and would forward it. the README promises
 //! it refused (400, connection closed), as Envoy does: a front end that read the other header
 //! would see a different request. So a [`Scanner`] follows every byte an HTTP/1 connection
 //! reads, head by head and body by body (`Content-Length` bodies are skipped by count, chunked

@@ -1,4 +1,4 @@
-//! The session cookie, byte-compatible with Remix's `createCookie` with `secrets` (DESIGN.md,
+//! The session cookie, byte-compatible with Remix's `createCookie` with `secrets` (the README,
 //! "Storage and cookie format"), so a legacy app behind the proxy and a Remix app can share
 //! users' sessions.
 //!
@@ -444,7 +444,7 @@ mod tests {
         CookieCodec::new(&config(secrets))
     }
 
-    /// DESIGN.md's test vector, as it appears in `Set-Cookie`.
+    /// the README's test vector, as it appears in `Set-Cookie`.
     const VECTOR_ID: &str = "0123456789abcdef";
     const VECTOR_SIGNED: &str = "IjAxMjM0NTY3ODlhYmNkZWYi.PCyAmkvqqQJNQ7UMzWFVYtGWrV2Ri+t8aeKpCdQUKdU";
     const VECTOR_ENCODED: &str = "IjAxMjM0NTY3ODlhYmNkZWYi.PCyAmkvqqQJNQ7UMzWFVYtGWrV2Ri%2Bt8aeKpCdQUKdU";

@@ -1,4 +1,4 @@
-//! The index of live sessions by a value in them (`session.index`, DESIGN.md "Session
+//! The index of live sessions by a value in them (`session.index`, the README's "Session
 //! management"): for each value at the configured JSON pointer (a user id, say), a set of the
 //! ids of the sessions that hold it, so that an operator can list a user's sessions and log the
 //! user out everywhere.

@@ -1,6 +1,6 @@
 //! Session values as JavaScript holds them: what `JSON.parse` builds and `JSON.stringify`
 //! writes, so that every text the proxy stores is the text a Remix app sharing the store would
-//! write for the same object. On that model, the edits of DESIGN.md's "Concurrent requests":
+//! write for the same object. On that model, the edits of the README's "Concurrent requests":
 //! a response's change against what its upstream was sent ([`Change`]), applied to the session
 //! as it is now, and RFC 7386 merge patches ([`JsObject::merge_patch`]).
 //!

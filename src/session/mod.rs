@@ -1,4 +1,4 @@
-//! Sessions: the header protocol of DESIGN.md between the store, the cookie and the upstream.
+//! Sessions: the header protocol of the README between the store, the cookie and the upstream.
 //!
 //! The proxy calls [`SessionLayer::load`] once before forwarding a request on a session route,
 //! which says what [`SessionState`] the request's session is in, and [`SessionLayer::save`]
@@ -787,7 +787,7 @@ pub(crate) enum IndexError {
     Store(#[from] StoreError),
 }
 
-/// Session management (DESIGN.md): what operators do to sessions, through the admin
+/// Session management (the README): what operators do to sessions, through the admin
 /// endpoints and the `sessions` command line.
 impl SessionLayer {
     /// The stored text of session `id` and its remaining TTL in seconds.

@@ -1,4 +1,4 @@
-//! The pure parts of the header protocol between the proxy and the upstream (DESIGN.md, "The
+//! The pure parts of the header protocol between the proxy and the upstream (the README, "The
 //! header protocol"): stripping forged or leaked protocol headers, turning a stored session
 //! into the ASCII-only `x-session` request header, and reading the upstream's
 //! `x-session-update` into the exact text Remix would store.
@@ -60,7 +60,7 @@ pub fn strip_protocol_headers<N: Borrow<HeaderName>>(headers: &mut HeaderMap, na
     removed
 }
 
-/// What an identity header carries of a session value (DESIGN.md "Access control and identity
+/// What an identity header carries of a session value (the README's "Access control and identity
 /// headers"): a string as it is, with every byte outside printable ASCII and every `%`
 /// percent-encoded (RFC 3986); a number or boolean as JSON text; an object or array as compact
 /// ASCII JSON; nothing for `null`.

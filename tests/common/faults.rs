@@ -65,7 +65,7 @@ pub fn session_cookie_pair(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The session id inside a `__session=VALUE` pair: VALUE is percent-encoded
-/// `base64(JSON string id) + "." + signature` (DESIGN.md, cookie format).
+/// `base64(JSON string id) + "." + signature` (the README, cookie format).
 pub fn session_id(pair: &str) -> Option<String> {
     let value = pair.strip_prefix(COOKIE_NAME)?.strip_prefix('=')?;
     let value = percent_encoding::percent_decode_str(value).decode_utf8().ok()?;
