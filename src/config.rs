@@ -98,6 +98,8 @@ pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// `store.pool_size` upper bound: far more Redis connections than one proxy process can use;
 /// a bigger number is a typo that would exhaust Redis' connection limit (Upstash caps them).
 pub const MAX_POOL_SIZE: usize = 64;
+/// `store.min_replicas` upper bound: more replicas than any deployment has per master.
+pub const MAX_MIN_REPLICAS: u32 = 16;
 /// Secrets shorter than this are accepted with a warning (at start, on reload and in
 /// `--check`): cookies are signed with HMAC-SHA256, whose key should hold as many random bytes
 /// as its output (32) so that it cannot be guessed offline from one signed cookie.
@@ -238,8 +240,8 @@ pub struct TlsFiles {
 pub enum StoreUrl {
     /// `memory://`: the embedded in-process store.
     Memory,
-    /// `redis://` or `rediss://`; the URL may hold a password, so it is never logged whole
-    /// (`Debug` and `redacted()` hide the password).
+    /// `redis://`, `rediss://`, `redis[s]-cluster://` or `redis[s]-sentinel://`; the URL may
+    /// hold passwords, so it is never logged whole (`Debug` and `redacted()` hide them).
     Redis(String),
 }
 
@@ -252,6 +254,9 @@ pub struct StoreConfig {
     /// Per store command.
     pub timeout: Duration,
     pub pool_size: usize,
+    /// `store.min_replicas`: each write is followed by `WAIT min_replicas timeout_ms` (0: no
+    /// WAIT). Always 0 with `memory://`.
+    pub min_replicas: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,6 +366,7 @@ impl Config {
             ("store.ca_file", old_store.ca_file != new_store.ca_file),
             ("store.pool_size", old_store.pool_size != new_store.pool_size),
             ("store.timeout_ms", old_store.timeout != new_store.timeout),
+            ("store.min_replicas", old_store.min_replicas != new_store.min_replicas),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -410,11 +416,14 @@ impl StoreUrl {
         }
     }
 
-    /// `rediss://`: the store connection uses TLS.
+    /// `rediss://`, `rediss-cluster://`, `rediss-sentinel://`: the store connections use TLS.
     pub fn is_tls(&self) -> bool {
         match self {
             StoreUrl::Memory => false,
-            StoreUrl::Redis(url) => url_scheme(url).is_some_and(|s| s.eq_ignore_ascii_case("rediss")),
+            StoreUrl::Redis(url) => url_scheme(url).is_some_and(|s| {
+                let s = s.to_ascii_lowercase();
+                s == "rediss" || s == "rediss-cluster" || s == "rediss-sentinel"
+            }),
         }
     }
 }
@@ -468,8 +477,9 @@ fn redact_userinfo(url: &str) -> String {
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
+    let tail = redact_query_passwords(tail);
     match authority.rsplit_once('@') {
-        None => url.to_owned(),
+        None => format!("{scheme}://{authority}{tail}"),
         Some((userinfo, host)) => {
             let userinfo = match userinfo.split_once(':') {
                 Some((user, _password)) => format!("{user}:***"),
@@ -478,6 +488,27 @@ fn redact_userinfo(url: &str) -> String {
             format!("{scheme}://{userinfo}@{host}{tail}")
         }
     }
+}
+
+/// Hides the value of every query parameter that can hold a secret (`sentinelPassword=`, and
+/// any other parameter whose name contains "pass" or "token").
+fn redact_query_passwords(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _value)) if is_secret_param(name) => format!("{name}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("pass") || name.contains("token") || name.contains("secret")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,6 +761,7 @@ struct StoreShape {
     ca_file: Option<String>,
     timeout_ms: Option<u64>,
     pool_size: Option<u64>,
+    min_replicas: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -943,10 +975,28 @@ fn store_config(shape: StoreShape) -> Result<StoreConfig, ConfigError> {
         .map_err(|reason| invalid("store.url", reason))?;
     let ca_file = match shape.ca_file {
         Some(_) if !url.is_tls() => {
-            return Err(invalid("store.ca_file", "is only used with a rediss:// store.url"))
+            return Err(invalid(
+                "store.ca_file",
+                "is only used with a TLS store.url (rediss://, rediss-cluster://, rediss-sentinel://)",
+            ))
         }
         Some(path) => Some(file_path(path, "store.ca_file")?),
         None => None,
+    };
+    let min_replicas = match (shape.min_replicas, &url) {
+        (None | Some(0), _) => 0,
+        (Some(_), StoreUrl::Memory) => {
+            return Err(invalid("store.min_replicas", "needs a Redis store.url (memory:// has no replicas)"))
+        }
+        (Some(n), StoreUrl::Redis(_)) => match u32::try_from(n) {
+            Ok(n @ 1..=MAX_MIN_REPLICAS) => n,
+            _ => {
+                return Err(invalid(
+                    "store.min_replicas",
+                    format!("must be between 0 and {MAX_MIN_REPLICAS}"),
+                ))
+            }
+        },
     };
     Ok(StoreConfig {
         url,
@@ -954,26 +1004,48 @@ fn store_config(shape: StoreShape) -> Result<StoreConfig, ConfigError> {
         ca_file,
         timeout: timeout(shape.timeout_ms.unwrap_or(DEFAULT_STORE_TIMEOUT_MS), "store.timeout_ms")?,
         pool_size: pool_size(shape.pool_size)?,
+        min_replicas,
     })
 }
 
 /// Parses `store.url`. The reasons never quote the URL: it may carry a password.
-fn store_url(url: &str) -> Result<StoreUrl, &'static str> {
-    const SCHEMES: &str = "must start with memory://, redis:// or rediss://";
+fn store_url(url: &str) -> Result<StoreUrl, String> {
+    const SCHEMES: &str = "must start with memory://, redis://, rediss://, redis-cluster://, \
+                           rediss-cluster://, redis-sentinel:// or rediss-sentinel://";
     let (scheme, rest) = url.split_once("://").ok_or(SCHEMES)?;
     if scheme.eq_ignore_ascii_case("memory") {
         return match rest {
             "" => Ok(StoreUrl::Memory),
-            _ => Err("memory:// takes nothing after the scheme"),
+            _ => Err("memory:// takes nothing after the scheme".to_owned()),
         };
     }
-    if !(scheme.eq_ignore_ascii_case("redis") || scheme.eq_ignore_ascii_case("rediss")) {
-        return Err(SCHEMES);
-    }
-    let uri: Uri = url.parse().map_err(|_| "is not a valid redis:// or rediss:// URL")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let sentinel = match scheme.as_str() {
+        "redis" | "rediss" | "redis-cluster" | "rediss-cluster" => false,
+        "redis-sentinel" | "rediss-sentinel" => true,
+        _ => return Err(SCHEMES.to_owned()),
+    };
+    let uri: Uri = url.parse().map_err(|_| format!("is not a valid {scheme}:// URL"))?;
     if uri.host().is_none_or(str::is_empty) {
-        return Err("has no host");
+        return Err("has no host".to_owned());
     }
+    let has_param = |wanted: &str| {
+        uri.query().is_some_and(|query| {
+            query
+                .split('&')
+                .any(|pair| pair.split_once('=').is_some_and(|(k, v)| k == wanted && !v.is_empty()))
+        })
+    };
+    if sentinel && !has_param("sentinelServiceName") {
+        return Err(format!(
+            "{scheme}:// needs the master's name: ?sentinelServiceName=NAME (as in the sentinels' \
+             `sentinel monitor NAME ...`)"
+        ));
+    }
+    if !sentinel && has_param("sentinelServiceName") {
+        return Err(format!("sentinelServiceName is only for redis-sentinel:// URLs, not {scheme}://"));
+    }
+    crate::store::redis::check_url(url)?;
     Ok(StoreUrl::Redis(url.to_owned()))
 }
 
@@ -1861,6 +1933,70 @@ upstream = "http://localhost:3002"
         assert!(store_url("rediss://default:TOKEN@x.upstash.io:6379").is_ok());
         assert_error_names(&with("store", "url = \"memcache://x\""), "store.url");
         assert_error_names(&with("store", "url = \"127.0.0.1:6379\""), "store.url");
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls() {
+        for url in [
+            "redis-cluster://127.0.0.1:7000",
+            "redis-cluster://:pw@127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002",
+            "rediss-cluster://:pw@10.0.0.1:7000",
+            "redis-sentinel://127.0.0.1:26379?sentinelServiceName=mymaster&node=127.0.0.1:26380",
+            "rediss-sentinel://:pw@h:26379/0?sentinelServiceName=m&sentinelPassword=sp",
+        ] {
+            assert!(store_url(url).is_ok(), "{url}: {:?}", store_url(url));
+        }
+        assert!(StoreUrl::Redis("rediss-cluster://h:1".to_owned()).is_tls());
+        assert!(StoreUrl::Redis("rediss-sentinel://h:1".to_owned()).is_tls());
+        assert!(!StoreUrl::Redis("redis-cluster://h:1".to_owned()).is_tls());
+        let text = with("store", "url = \"rediss-cluster://h:1\"\nca_file = \"ca.pem\"");
+        assert_eq!(parse(&text).store.ca_file, Some(PathBuf::from("ca.pem")));
+    }
+
+    #[test]
+    fn cluster_and_sentinel_url_errors_name_the_problem_not_the_password() {
+        let message =
+            assert_error_names(&with("store", "url = \"redis-sentinel://:hunter2@h:26379\""), "store.url");
+        assert!(message.contains("sentinelServiceName"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let message = assert_error_names(
+            &with("store", "url = \"redis-cluster://:hunter2@h:1?sentinelServiceName=m\""),
+            "store.url",
+        );
+        assert!(message.contains("only for redis-sentinel"), "{message}");
+        for url in [
+            "redis-cluster://:hunter2@h:notaport",
+            "redis-clusters://:hunter2@h:1",
+            "redis-cluster://:hunter2@",
+        ] {
+            let message = assert_error_names(&with("store", &format!("url = \"{url}\"")), "store.url");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn sentinel_passwords_are_redacted() {
+        let url = StoreUrl::Redis(
+            "redis-sentinel://:hunter2@h:26379?sentinelServiceName=m&sentinelPassword=hunter3&node=h:1"
+                .to_owned(),
+        );
+        let shown = url.redacted();
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(shown.contains("sentinelServiceName=m") && shown.contains("node=h:1"), "{shown}");
+        assert!(!format!("{url:?}").contains("hunter3"));
+    }
+
+    #[test]
+    fn min_replicas() {
+        assert_eq!(parse(&with("store", "url = \"redis://h:1\"")).store.min_replicas, 0);
+        assert_eq!(
+            parse(&with("store", "url = \"redis-cluster://h:1\"\nmin_replicas = 1")).store.min_replicas,
+            1
+        );
+        assert_eq!(parse(&with("store", "min_replicas = 0")).store.min_replicas, 0);
+        let message = assert_error_names(&with("store", "min_replicas = 1"), "store.min_replicas");
+        assert!(message.contains("memory://"), "{message}");
+        assert_error_names(&with("store", "url = \"redis://h:1\"\nmin_replicas = 17"), "store.min_replicas");
     }
 
     #[test]

@@ -240,7 +240,7 @@ async fn a_store_failure_follows_on_store_error() {
         let cookie = env.create(&json!({"user": {"id": 7}}).to_string()).await;
         match &mut env.backend {
             common::app::Backend::Redis(redis) => redis.stop(),
-            common::app::Backend::Memory => unreachable!(),
+            common::app::Backend::Memory | common::app::Backend::Url(_) => unreachable!(),
         }
         let answer = env.get("/account", Some(&cookie), &[("accept", BROWSER)]).await;
         assert_eq!(answer.status, browser, "{mode}");

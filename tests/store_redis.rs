@@ -35,6 +35,7 @@ fn store_config(url: String, ca_file: Option<PathBuf>) -> StoreConfig {
         ca_file,
         timeout: STORE_TIMEOUT,
         pool_size: 2,
+        min_replicas: 0,
     }
 }
 

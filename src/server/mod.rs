@@ -448,6 +448,7 @@ mod tests {
             ca_file: None,
             timeout: Duration::from_secs(1),
             pool_size,
+            min_replicas: 0,
         };
         (0..workers).map(|index| worker_store_config(&cfg, index, workers).pool_size).collect()
     }

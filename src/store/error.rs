@@ -15,14 +15,19 @@ pub enum StoreError {
     /// The server answered with an error (for example out of memory, wrong type).
     #[error("store command failed: {0}")]
     Command(String),
-    /// The store configuration cannot work (bad URL, unreadable `ca_file`).
+    /// The store configuration cannot work (bad URL, unreadable `ca_file`, a `redis://` URL
+    /// at a Redis Cluster node).
     #[error("store configuration: {0}")]
     Config(String),
+    /// The write was done but fewer than `store.min_replicas` replicas acknowledged it within
+    /// the timeout: it may not survive the loss of its master, so it is not acknowledged.
+    #[error("store write reached {acked} of store.min_replicas = {wanted} replicas in time")]
+    Replicas { acked: u32, wanted: u32 },
 }
 
 impl StoreError {
     /// Every [`kind`](StoreError::kind), for metrics that expose each at 0 from the start.
-    pub const KINDS: [&'static str; 4] = ["timeout", "unavailable", "command", "config"];
+    pub const KINDS: [&'static str; 5] = ["timeout", "unavailable", "command", "config", "replicas"];
 
     /// A short, fixed label for metrics and logs (bounded cardinality).
     pub fn kind(&self) -> &'static str {
@@ -31,6 +36,7 @@ impl StoreError {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Command(_) => "command",
             StoreError::Config(_) => "config",
+            StoreError::Replicas { .. } => "replicas",
         }
     }
 }
@@ -50,6 +56,7 @@ mod tests {
             StoreError::Unavailable("x".into()),
             StoreError::Command("x".into()),
             StoreError::Config("x".into()),
+            StoreError::Replicas { acked: 0, wanted: 1 },
         ];
         assert_eq!(errors.map(|e| e.kind()), StoreError::KINDS);
     }

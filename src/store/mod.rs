@@ -184,6 +184,7 @@ mod tests {
             ca_file: None,
             timeout: Duration::from_millis(1000),
             pool_size: 2,
+            min_replicas: 0,
         }
     }
 

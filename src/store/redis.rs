@@ -28,17 +28,22 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::clients::{Client, Pool};
 use fred::error::{Error as FredError, ErrorKind};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, SetsInterface};
-use fred::types::config::{Config as FredConfig, Options, ReconnectPolicy, TlsConfig};
+use fred::interfaces::{
+    ClientLike, ClusterInterface, EventInterface, KeysInterface, LuaInterface, SetsInterface,
+};
+use fred::types::cluster::ClusterRouting;
+use fred::types::config::{
+    ClusterDiscoveryPolicy, Config as FredConfig, Options, ReconnectPolicy, ServerConfig, TlsConfig,
+};
 use fred::types::scripts::Script;
-use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, SetOptions, Value};
+use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, InfoKind, SetOptions, Value};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
@@ -94,6 +99,71 @@ const RECONNECT_REQUEST_WAIT: Duration = Duration::from_secs(10);
 /// is for anything that would keep those waiting past fred's timer.
 const TIMEOUT_BELT_SLACK: Duration = Duration::from_millis(50);
 
+/// How much longer than `WAIT`'s own timeout (`timeout_ms`) fred waits for its answer: `WAIT`
+/// answers by itself when its timeout passes, with the count it reached.
+const WAIT_ANSWER_SLACK: Duration = Duration::from_millis(500);
+
+/// The number of hash slots of a Redis Cluster.
+const CLUSTER_SLOTS: u32 = 16_384;
+
+/// What `store.url` points at (its scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// `redis://`, `rediss://`: one server.
+    Single,
+    /// `redis-cluster://`, `rediss-cluster://`: Redis Cluster from seed nodes.
+    Cluster,
+    /// `redis-sentinel://`, `rediss-sentinel://`: the master Sentinel names.
+    Sentinel,
+}
+
+impl Topology {
+    fn of(server: &ServerConfig) -> Topology {
+        match server {
+            ServerConfig::Clustered { .. } => Topology::Cluster,
+            ServerConfig::Sentinel { .. } => Topology::Sentinel,
+            _ => Topology::Single,
+        }
+    }
+
+    /// A fixed label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Topology::Single => "single",
+            Topology::Cluster => "cluster",
+            Topology::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// Set when a `redis://` URL turns out to point at a Redis Cluster node (`INFO cluster` says
+/// `cluster_enabled:1`, or a reply was `MOVED`/`ASK`): logged once at ERROR, and `/readyz`
+/// says 503 with the reason, as every request for a key on another node would fail.
+#[derive(Clone, Default)]
+struct WrongTopology(Arc<AtomicBool>);
+
+impl WrongTopology {
+    const REASON: &'static str =
+        "store.url is redis:// (one server) but the server is a Redis Cluster node: use redis-cluster://";
+
+    fn detected(&self, how: &'static str) {
+        if !self.0.swap(true, Ordering::Relaxed) {
+            tracing::error!(detected_by = how, "{}", Self::REASON);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Checks a Redis `store.url` the way [`RedisStore::connect`] reads it (fred's
+/// `Config::from_url`), for `--check` and config loading. The reason never quotes the URL.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let (plain_url, _tls) = split_tls_scheme(url);
+    FredConfig::from_url(&plain_url).map(|_| ()).map_err(|err| format!("is not valid: {}", err.details()))
+}
+
 /// The Redis store. Clones share the pool.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -118,6 +188,13 @@ struct Inner {
     /// Connection tasks and the connection-event loggers, aborted on shutdown or drop so no
     /// reconnect loop outlives the store.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    topology: Topology,
+    /// A `redis://` URL that points at a cluster node.
+    wrong_topology: WrongTopology,
+    /// `store.min_replicas`: writes are followed by `WAIT min_replicas wait_ms` (0: none).
+    min_replicas: u32,
+    /// `WAIT`'s timeout argument: `store.timeout_ms`.
+    wait_ms: i64,
 }
 
 impl Drop for Inner {
@@ -155,6 +232,10 @@ impl RedisStore {
         } else if cfg.ca_file.is_some() {
             tracing::warn!("store.ca_file is ignored: the store URL is not rediss://");
         }
+        let topology = Topology::of(&config.server);
+        // After a failover or a reshard the seed nodes of the URL may be gone or replicas: on
+        // reconnect, try the nodes of the latest slot map too.
+        let _ = config.server.set_cluster_discovery_policy(ClusterDiscoveryPolicy::UseCache);
         // Start even while Redis is down: the reconnect policy keeps trying in the background.
         config.fail_fast = false;
         let target = config.server.hosts().first().map(|server| server.to_string()).unwrap_or_default();
@@ -187,10 +268,14 @@ impl RedisStore {
 
         // Subscribe to connection events before connecting so the first failure is seen too.
         let last_error = LastError::default();
+        let wrong_topology = WrongTopology::default();
         let mut tasks: Vec<JoinHandle<()>> = pool
             .clients()
             .iter()
-            .map(|client| watch_connection(client, &target, last_error.clone()))
+            .map(|client| {
+                let check = (topology == Topology::Single).then(|| wrong_topology.clone());
+                watch_connection(client, &target, last_error.clone(), check)
+            })
             .collect();
         tasks.extend(pool.connect_pool().into_iter().map(|handle| {
             tokio::spawn(async move {
@@ -202,8 +287,10 @@ impl RedisStore {
         }));
         tracing::info!(
             server = %target,
+            topology = topology.label(),
             tls,
             pool_size = cfg.pool_size,
+            min_replicas = cfg.min_replicas,
             "redis store connecting in the background"
         );
 
@@ -216,8 +303,17 @@ impl RedisStore {
                 next_client: AtomicUsize::new(0),
                 last_error,
                 tasks: Mutex::new(tasks),
+                topology,
+                wrong_topology,
+                min_replicas: cfg.min_replicas,
+                wait_ms: i64::try_from(cfg.timeout.as_millis()).unwrap_or(i64::MAX),
             }),
         })
+    }
+
+    /// What the store URL points at.
+    pub fn topology(&self) -> Topology {
+        self.inner.topology
     }
 
     /// `GET key`, or `GETEX key EX secs` (fred has no GETEX method: sent as a custom command).
@@ -241,14 +337,16 @@ impl RedisStore {
         let reply = self
             .call(index, pin_in_place(|| client.set::<Value, _, _>(key, value, expire, None, false)))
             .await?;
-        expect_reply("SET", &reply, Value::is_ok)
+        expect_reply("SET", &reply, Value::is_ok)?;
+        self.replicated(index, key).await
     }
 
     /// `DEL key`; `Ok` only when Redis answered with a count.
     pub async fn del(&self, key: &str) -> Result<(), StoreError> {
         let (index, client) = self.pick();
         let reply = self.call(index, pin_in_place(|| client.del::<Value, _>(key))).await?;
-        expect_reply("DEL", &reply, is_integer)
+        expect_reply("DEL", &reply, is_integer)?;
+        self.replicated(index, key).await
     }
 
     /// `SET key value EX ttl_secs NX`: `Ok(false)` when the key exists.
@@ -263,7 +361,10 @@ impl RedisStore {
             .await?;
         match reply {
             Value::Null => Ok(false),
-            reply => expect_reply("SET", &reply, Value::is_ok).map(|()| true),
+            reply => {
+                expect_reply("SET", &reply, Value::is_ok)?;
+                self.replicated(index, key).await.map(|()| true)
+            }
         }
     }
 
@@ -282,7 +383,8 @@ impl RedisStore {
         ];
         // A retry after a lost reply finds the value it wrote and reports it changed, which the
         // session layer recognises as its own change: fred's retries stay safe.
-        compared(self.script(&self.inner.scripts.replace_if, key, args, None).await?)
+        let (index, reply) = self.script(&self.inner.scripts.replace_if, key, args, None).await?;
+        self.replicated_if_done(index, key, compared(reply)?).await
     }
 
     /// The `DELETE_IF` script: `key` is deleted only if it still holds `expected`.
@@ -291,12 +393,13 @@ impl RedisStore {
         // Sent once: a retry after a lost reply would find the key gone (deleted by the first
         // try) and report the session moved away, undoing a regenerate that happened.
         let once = Options { max_attempts: Some(1), ..Options::default() };
-        compared(self.script(&self.inner.scripts.delete_if, key, args, Some(once)).await?)
+        let (index, reply) = self.script(&self.inner.scripts.delete_if, key, args, Some(once)).await?;
+        self.replicated_if_done(index, key, compared(reply)?).await
     }
 
     /// The `INSPECT` script: the value and its TTL in one round trip.
     pub async fn inspect(&self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
-        let reply = self.script(&self.inner.scripts.inspect, key, Vec::new(), None).await?;
+        let (_, reply) = self.script(&self.inner.scripts.inspect, key, Vec::new(), None).await?;
         match reply {
             Value::Null => Ok(None),
             Value::Array(mut pair) if pair.len() == 2 => {
@@ -314,22 +417,25 @@ impl RedisStore {
     /// The `INDEX_ADD` script: `SADD`, then the set's TTL raised to at least `ttl_secs`.
     pub async fn index_add(&self, key: &str, member: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let args = vec![Value::from(member), Value::Integer(ttl_arg(ttl_secs)?)];
-        let reply = self.script(&self.inner.scripts.index_add, key, args, None).await?;
-        expect_reply("SADD", &reply, is_integer)
+        let (index, reply) = self.script(&self.inner.scripts.index_add, key, args, None).await?;
+        expect_reply("SADD", &reply, is_integer)?;
+        self.replicated(index, key).await
     }
 
     /// The `INDEX_TOUCH` script: the set's TTL raised to at least `ttl_secs`.
     pub async fn index_touch(&self, key: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let args = vec![Value::Integer(ttl_arg(ttl_secs)?)];
-        let reply = self.script(&self.inner.scripts.index_touch, key, args, None).await?;
-        expect_reply("EXPIRE", &reply, is_integer)
+        let (index, reply) = self.script(&self.inner.scripts.index_touch, key, args, None).await?;
+        expect_reply("EXPIRE", &reply, is_integer)?;
+        self.replicated(index, key).await
     }
 
     /// `SREM key member`.
     pub async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
         let (index, client) = self.pick();
         let reply = self.call(index, pin_in_place(|| client.srem::<Value, _, _>(key, member))).await?;
-        expect_reply("SREM", &reply, is_integer)
+        expect_reply("SREM", &reply, is_integer)?;
+        self.replicated(index, key).await
     }
 
     /// `SMEMBERS key`.
@@ -349,15 +455,70 @@ impl RedisStore {
         }
     }
 
+    /// `WAIT min_replicas timeout_ms` after a write on client `index` for `key`: on the same
+    /// connection as the write (on a cluster, the connection to the node that owns `key`'s slot,
+    /// where the write went), so it waits for that write. Fewer replicas in time is an error:
+    /// the caller must not acknowledge the write. Nothing to do with `min_replicas = 0`.
+    async fn replicated(&self, index: usize, key: &str) -> Result<(), StoreError> {
+        let wanted = self.inner.min_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let Some(client) = self.inner.pool.clients().get(index) else {
+            return Err(StoreError::Unavailable("no such store connection".to_owned()));
+        };
+        // Sent once: on a new connection (after a reconnect) WAIT would count replicas for that
+        // connection's writes (none) and answer at once, vouching for nothing.
+        let options = Options {
+            max_attempts: Some(1),
+            timeout: Some(Duration::from_millis(self.inner.wait_ms.unsigned_abs()) + WAIT_ANSWER_SLACK),
+            ..Options::default()
+        };
+        let client = client.with_options(&options);
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let wait = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
+        let args = vec![Value::Integer(i64::from(wanted)), Value::Integer(self.inner.wait_ms)];
+        let reply = self.call(index, pin_in_place(|| client.custom::<Value, Value>(wait, args))).await?;
+        match reply {
+            Value::Integer(acked) if acked >= i64::from(wanted) => Ok(()),
+            Value::Integer(acked) => {
+                let acked = u32::try_from(acked).unwrap_or(0);
+                tracing::warn!(
+                    acked,
+                    wanted,
+                    timeout_ms = self.inner.wait_ms,
+                    "store write not acknowledged by store.min_replicas replicas in time; answering 503"
+                );
+                Err(StoreError::Replicas { acked, wanted })
+            }
+            _ => Err(not_redis("WAIT")),
+        }
+    }
+
+    /// [`RedisStore::replicated`] when a conditional write was done (nothing was written
+    /// otherwise).
+    async fn replicated_if_done(
+        &self,
+        index: usize,
+        key: &str,
+        result: Compared,
+    ) -> Result<Compared, StoreError> {
+        if result == Compared::Done {
+            self.replicated(index, key).await?;
+        }
+        Ok(result)
+    }
+
     /// Runs a script on `key` with `EVALSHA`, and with `EVAL` (which also loads it) when the
-    /// server does not have it (`NOSCRIPT`: first use, or after a restart or failover).
+    /// server does not have it (`NOSCRIPT`: first use, or after a restart or failover). Returns
+    /// the pooled client it used, for a `WAIT` after it.
     async fn script(
         &self,
         script: &Script,
         key: &str,
         args: Vec<Value>,
         options: Option<Options>,
-    ) -> Result<Value, StoreError> {
+    ) -> Result<(usize, Value), StoreError> {
         let (index, client) = self.pick();
         let client = client.with_options(&options.unwrap_or_default());
         let sha = script.sha1().clone();
@@ -370,13 +531,29 @@ impl RedisStore {
                 reply => reply,
             }
         });
-        self.call(index, run).await
+        self.call(index, run).await.map(|reply| (index, reply))
     }
 
-    /// `PING`.
+    /// Readiness: the store serves every key. One server or the Sentinel-named master: it
+    /// answers `PING`. A cluster: the slot map covers every slot and each master in it answers
+    /// `PING`. A `redis://` URL at a cluster node is never ready.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.inner.wrong_topology.is_set() {
+            return Err(StoreError::Config(WrongTopology::REASON.to_owned()));
+        }
         let (index, client) = self.pick();
-        self.call(index, Box::pin(client.ping::<()>(None))).await
+        if self.inner.topology != Topology::Cluster {
+            return self.call(index, Box::pin(client.ping::<()>(None))).await;
+        }
+        let Some(routing) = client.cached_cluster_state() else {
+            return Err(StoreError::Unavailable("no cluster slot map yet".to_owned()));
+        };
+        let masters = covering_masters(&routing)?;
+        let pings = masters.into_iter().map(|master| {
+            let node = client.with_cluster_node(master);
+            async move { self.call(index, pin_in_place(|| async move { node.ping::<()>(None).await })).await }
+        });
+        futures_util::future::join_all(pings).await.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
     }
 
     /// Sends QUIT on every connection (bounded by the belt, as Redis may be down) and stops the
@@ -418,6 +595,12 @@ impl RedisStore {
     }
 
     fn fred_error(&self, index: usize, err: &FredError) -> StoreError {
+        if self.inner.topology == Topology::Single {
+            let details = err.details();
+            if details.starts_with("MOVED ") || details.starts_with("ASK ") {
+                self.inner.wrong_topology.detected("a MOVED or ASK reply");
+            }
+        }
         let failure = classify(err.kind(), self.client_connected(index));
         self.store_error(index, failure, &err.to_string())
     }
@@ -549,7 +732,9 @@ fn classify(kind: &ErrorKind, connected: bool) -> Failure {
         | ErrorKind::Tls
         | ErrorKind::Auth
         | ErrorKind::Backpressure
-        | ErrorKind::Routing => Failure::Unavailable,
+        | ErrorKind::Routing
+        | ErrorKind::Cluster
+        | ErrorKind::Sentinel => Failure::Unavailable,
         ErrorKind::Config | ErrorKind::Url => Failure::Config,
         // Unknown is also what fred uses for most server error replies (OOM, ERR ...).
         _ => Failure::Command,
@@ -721,6 +906,24 @@ fn tls_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Sto
     Ok(config)
 }
 
+/// The masters of a cluster slot map, if it gives every slot one; else why the cluster cannot
+/// serve every key.
+fn covering_masters(routing: &ClusterRouting) -> Result<Vec<fred::types::config::Server>, StoreError> {
+    let mut ranges: Vec<(u16, u16)> = routing.slots().iter().map(|range| (range.start, range.end)).collect();
+    ranges.sort_unstable();
+    let mut next: u32 = 0;
+    for (start, end) in ranges {
+        if u32::from(start) > next {
+            break;
+        }
+        next = next.max(u32::from(end) + 1);
+    }
+    if next < CLUSTER_SLOTS {
+        return Err(StoreError::Unavailable(format!("cluster slot {next} has no master")));
+    }
+    Ok(routing.unique_primary_nodes())
+}
+
 /// How long calls on a connection may keep timing out before it is treated as dead and
 /// replaced (by the [`StallWatch`]).
 fn stall_limit(timeout: Duration) -> Duration {
@@ -752,11 +955,17 @@ impl LastError {
 /// (refused, TLS, WRONGPASS) and when it is back. A failure repeating on every reconnect
 /// attempt is logged once (then at debug level) until the client connects again. Messages come
 /// from fred and the server and carry no URL or password.
-fn watch_connection(client: &Client, target: &str, last_error: LastError) -> JoinHandle<()> {
+fn watch_connection(
+    client: &Client,
+    target: &str,
+    last_error: LastError,
+    cluster_check: Option<WrongTopology>,
+) -> JoinHandle<()> {
     let mut errors = client.error_rx();
     let mut reconnects = client.reconnect_rx();
     let client_id = client.id().to_owned();
     let target = target.to_owned();
+    let info_client = client.clone();
     tokio::spawn(async move {
         let mut logged: Option<String> = None;
         loop {
@@ -790,6 +999,9 @@ fn watch_connection(client: &Client, target: &str, last_error: LastError) -> Joi
                         tracing::info!(client = %client_id, server = %target, "redis connected");
                         last_error.set(None);
                         logged = None;
+                        if let Some(check) = &cluster_check {
+                            check_not_a_cluster(&info_client, check.clone());
+                        }
                     }
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
@@ -797,6 +1009,21 @@ fn watch_connection(client: &Client, target: &str, last_error: LastError) -> Joi
             }
         }
     })
+}
+
+/// For a `redis://` URL: asks the server just connected to whether it is a cluster node
+/// (`INFO cluster`), in a task of its own so the event loop goes on.
+fn check_not_a_cluster(client: &Client, check: WrongTopology) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Ok(Ok(info)) =
+            tokio::time::timeout(SETUP_COMMAND_TIMEOUT, client.info::<String>(Some(InfoKind::Cluster))).await
+        {
+            if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+                check.detected("INFO cluster at connect");
+            }
+        }
+    });
 }
 
 fn abort_all(tasks: &Mutex<Vec<JoinHandle<()>>>) {
@@ -821,6 +1048,7 @@ mod tests {
             ca_file: None,
             timeout: Duration::from_millis(200),
             pool_size: 2,
+            min_replicas: 0,
         }
     }
 
@@ -893,9 +1121,18 @@ mod tests {
 
     #[tokio::test]
     async fn config_errors_never_echo_the_password() {
-        for url in
-            ["redis://u:hunter2@host:notaport", "rediss://u:hunter2@:6379", "redis://u:hunter2@h:1/a/b"]
-        {
+        for url in [
+            "redis://u:hunter2@host:notaport",
+            "rediss://u:hunter2@:6379",
+            "redis://u:hunter2@h:1/a/b",
+            "redis-cluster://u:hunter2@host:notaport",
+            "rediss-cluster://:hunter2@:7000",
+            "redis-sentinel://:hunter2@h:26379",
+            "rediss-sentinel://:hunter2@h:26379?node=h:x&sentinelServiceName=m",
+            "redis-sentinel://h:26379?sentinelServiceName=m&sentinelPassword=hunter2&node=h:notaport",
+        ] {
+            let checked = check_url(url).expect_err(url);
+            assert!(!checked.contains("hunter2"), "{checked}");
             let err = match RedisStore::connect(url, &config(url)) {
                 Err(err) => err,
                 Ok(_) => panic!("accepted a bad URL"),

@@ -84,6 +84,8 @@ pub async fn app(gate: Arc<Gate>) -> Upstream {
 pub enum Backend {
     Redis(RedisServer),
     Memory,
+    /// A store the test runs itself (a cluster, Sentinel), by its `store.url`.
+    Url(String),
 }
 
 /// A proxy, with an admin listener, in front of [`app`] on its own store.
@@ -135,13 +137,25 @@ impl AppEnv {
     /// As [`AppEnv::start`], with `routes` for the `[[route]]` tables (`{app}` stands for the
     /// app's URL).
     pub async fn start_with(redis: bool, server: &str, session: &str, routes: &str) -> AppEnv {
-        count_panics();
         let backend = if redis { Backend::Redis(RedisServer::start()) } else { Backend::Memory };
+        AppEnv::start_on(backend, "timeout_ms = 5000", server, session, routes).await
+    }
+
+    /// On `backend`, with `store` for the lines of the `[store]` table after `url`.
+    pub async fn start_on(
+        backend: Backend,
+        store: &str,
+        server: &str,
+        session: &str,
+        routes: &str,
+    ) -> AppEnv {
+        count_panics();
         let gate = Arc::new(Gate::default());
         let app = app(gate.clone()).await;
         let url = match &backend {
             Backend::Redis(redis) => redis.url(),
             Backend::Memory => "memory://".to_owned(),
+            Backend::Url(url) => url.clone(),
         };
         let proxy = start_proxy(&format!(
             r#"
@@ -152,7 +166,7 @@ admin_listen = "127.0.0.1:0"
 
 [store]
 url = "{url}"
-timeout_ms = 5000
+{store}
 
 [session]
 secrets = ["test-secret"]
@@ -197,7 +211,7 @@ secure = false
     pub fn redis(&self) -> Option<&RedisServer> {
         match &self.backend {
             Backend::Redis(redis) => Some(redis),
-            Backend::Memory => None,
+            Backend::Memory | Backend::Url(_) => None,
         }
     }
 

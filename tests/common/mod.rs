@@ -5,6 +5,7 @@
 pub mod app;
 pub mod faults;
 pub mod redis_server;
+pub mod redis_topology;
 
 use std::convert::Infallible;
 use std::future::Future;

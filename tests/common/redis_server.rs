@@ -51,11 +51,11 @@ pub struct RedisServer {
 }
 
 /// Files and secret of a TLS-only server.
-struct TlsSetup {
-    password: String,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct TlsSetup {
+    pub password: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl RedisServer {
@@ -281,7 +281,7 @@ impl Drop for RedisServer {
 /// outgoing connection on the machine. Worse, the proxy's own reconnect attempts can then
 /// connect to themselves (a TCP self-connect), which looks like a server that echoes every
 /// command. Outside the range neither can happen.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let (ephemeral_low, _) = ephemeral_port_range();
     if ephemeral_low > FIXED_PORT_FLOOR + FIXED_PORT_MIN_SPAN {
         let seed = RandomState::new();
@@ -316,7 +316,7 @@ fn ephemeral_port_range() -> (u16, u16) {
 
 /// Writes a test CA and a server certificate it signed (for 127.0.0.1 and localhost) into
 /// `dir`.
-fn write_tls_files(dir: &Path, password: &str) -> TlsSetup {
+pub(crate) fn write_tls_files(dir: &Path, password: &str) -> TlsSetup {
     let ca_key = KeyPair::generate().expect("generate CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.distinguished_name.push(DnType::CommonName, "session-proxy test CA");
@@ -329,7 +329,10 @@ fn write_tls_files(dir: &Path, password: &str) -> TlsSetup {
     let mut params =
         CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("server params");
     params.distinguished_name.push(DnType::CommonName, "localhost");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // ClientAuth too: cluster nodes present it to each other on the cluster bus, which always
+    // asks for a client certificate.
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let server_cert = params.signed_by(&server_key, &ca).expect("sign the server certificate");
 
     let setup = TlsSetup {

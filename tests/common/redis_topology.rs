@@ -1,0 +1,370 @@
+//! Redis Cluster and Sentinel deployments for the scale-out tests: every process a
+//! `redis-server` on a free 127.0.0.1 port (never 6379), in one temporary directory, killed
+//! (SIGKILL, by PID) when its [`Node`] is dropped, so also when a test panics.
+//!
+//! Included by test files through `tests/common/mod.rs`; it holds no tests itself.
+
+#![allow(dead_code)]
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::redis_server::{free_port, write_tls_files, TlsSetup};
+
+/// How long a node may take to answer PING, a cluster to form, or Sentinel to see its master.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+/// Redis Cluster's bus port is the client port plus this.
+const BUS_OFFSET: u16 = 10_000;
+/// Cluster client ports are picked here, so that their bus ports stay below the kernel's
+/// ephemeral range (a port in it can be taken by any outgoing connection meanwhile).
+const CLUSTER_PORTS: std::ops::Range<u16> = 20_000..22_700;
+/// `cluster-node-timeout` and Sentinel's `down-after-milliseconds`: failovers start this
+/// quickly.
+pub const NODE_TIMEOUT_MS: u64 = 1000;
+/// The master name the sentinels monitor.
+pub const SERVICE: &str = "mymaster";
+
+/// One redis-server (or sentinel) process.
+pub struct Node {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    tls: Option<(PathBuf, String)>,
+}
+
+impl Node {
+    fn spawn(port: u16, dir: &Path, args: &[String], tls: Option<&TlsSetup>) -> Node {
+        let dir = dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let mut command = Command::new("redis-server");
+        command.args(args);
+        command
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("no")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"));
+        match tls {
+            None => {
+                command.arg("--port").arg(port.to_string());
+            }
+            Some(tls) => {
+                command
+                    .arg("--port")
+                    .arg("0")
+                    .arg("--tls-port")
+                    .arg(port.to_string())
+                    .arg("--tls-cluster")
+                    .arg("yes")
+                    .arg("--tls-replication")
+                    .arg("yes")
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .arg("--tls-auth-clients")
+                    .arg("no")
+                    .arg("--requirepass")
+                    .arg(&tls.password)
+                    .arg("--masterauth")
+                    .arg(&tls.password);
+            }
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn redis-server (apt-get install -y redis-server): {err}"));
+        let node = Node {
+            port,
+            child: Some(child),
+            dir,
+            tls: tls.map(|tls| (tls.ca.clone(), tls.password.clone())),
+        };
+        node.wait_until("answers PING", |node| node.cli(&["PING"]) == "PONG");
+        node
+    }
+
+    /// Runs `redis-cli` against this node; trimmed stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = self.cli_command(args).stdin(Stdio::null()).output().expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("redis-cli");
+        command.arg("-h").arg("127.0.0.1").arg("-p").arg(self.port.to_string());
+        if let Some((ca, password)) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(ca);
+            command.env("REDISCLI_AUTH", password);
+        }
+        command.args(args);
+        command
+    }
+
+    /// A field of `INFO` (`info("role")` gives `"master"`).
+    pub fn info(&self, field: &str) -> Option<String> {
+        let info = self.cli(&["INFO"]);
+        info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':').map(str::to_owned))
+    }
+
+    /// Kills the process with SIGKILL, by its PID, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn wait_until(&self, what: &str, ready: impl Fn(&Node) -> bool) {
+        let deadline = Instant::now() + SETUP_TIMEOUT;
+        while !ready(self) {
+            assert!(
+                Instant::now() < deadline,
+                "redis node {} never {what} within {SETUP_TIMEOUT:?}; log:\n{}",
+                self.port,
+                std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+            );
+            thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A client port whose cluster bus port (port + 10000) is free as well.
+fn cluster_port() -> u16 {
+    let seed = RandomState::new();
+    for attempt in 0u32..200 {
+        let span = u64::from(CLUSTER_PORTS.end - CLUSTER_PORTS.start);
+        let port = CLUSTER_PORTS.start + u16::try_from(seed.hash_one(attempt) % span).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + BUS_OFFSET)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free cluster port pair found");
+}
+
+/// A Redis Cluster of `masters` masters with one replica each.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    tls: Option<TlsSetup>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// 3 masters, 3 replicas, plain TCP.
+    pub fn start() -> Cluster {
+        Self::start_with(3, None)
+    }
+
+    /// 3 masters, 3 replicas, TLS only (a CA made here) with a password.
+    pub fn start_tls(password: &str) -> Cluster {
+        Self::start_with(3, Some(password))
+    }
+
+    fn start_with(masters: usize, password: Option<&str>) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("redis-cluster-").tempdir().expect("temp dir");
+        let tls = password.map(|password| write_tls_files(dir.path(), password));
+        let nodes: Vec<Node> = (0..masters * 2)
+            .map(|_| {
+                let port = cluster_port();
+                let args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &NODE_TIMEOUT_MS.to_string(),
+                    // Replicas may always take over, however long their link was down.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ]
+                .map(str::to_owned);
+                Node::spawn(port, dir.path(), &args, tls.as_ref())
+            })
+            .collect();
+        let mut create = nodes[0].cli_command(&["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        // Bounded: redis-cli waits for the nodes to join for as long as it takes.
+        let mut bounded = Command::new("timeout");
+        bounded.arg("30").arg(create.get_program()).args(create.get_args());
+        for (name, value) in create.get_envs() {
+            if let Some(value) = value {
+                bounded.env(name, value);
+            }
+        }
+        let output = bounded.stdin(Stdio::null()).output().expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create: {}\nfirst node's log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            std::fs::read_to_string(nodes[0].dir.join("redis.log")).unwrap_or_default()
+        );
+        let cluster = Cluster { nodes, tls, _dir: dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Until every running node says `cluster_state:ok` and every replica's link is up.
+    pub fn wait_ok(&self) {
+        for node in self.nodes.iter().filter(|node| node.is_running()) {
+            node.wait_until("saw the cluster ok", |node| {
+                node.cli(&["CLUSTER", "INFO"]).lines().any(|l| l.trim() == "cluster_state:ok")
+                    && (node.info("role").as_deref() != Some("slave")
+                        || node.info("master_link_status").as_deref() == Some("up"))
+            });
+        }
+    }
+
+    /// `redis-cluster://127.0.0.1:P?node=...` over every node (or `rediss-cluster://` with
+    /// the password).
+    pub fn url(&self) -> String {
+        let mut ports = self.nodes.iter().map(|node| node.port);
+        let first = ports.next().unwrap();
+        let rest: Vec<String> = ports.map(|port| format!("node=127.0.0.1:{port}")).collect();
+        match &self.tls {
+            None => format!("redis-cluster://127.0.0.1:{first}?{}", rest.join("&")),
+            Some(tls) => format!("rediss-cluster://:{}@127.0.0.1:{first}?{}", tls.password, rest.join("&")),
+        }
+    }
+
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.ca.clone())
+    }
+
+    /// The running masters.
+    pub fn masters(&self) -> Vec<&Node> {
+        self.nodes.iter().filter(|n| n.is_running() && n.info("role").as_deref() == Some("master")).collect()
+    }
+
+    /// The running node that serves `key` (as master), asked with `CLUSTER KEYSLOT` and
+    /// `CLUSTER NODES`.
+    pub fn master_of(&self, key: &str) -> &Node {
+        let any = self.nodes.iter().find(|n| n.is_running()).expect("a running node");
+        let slot: u16 = any.cli(&["CLUSTER", "KEYSLOT", key]).parse().expect("a slot number");
+        for line in any.cli(&["CLUSTER", "NODES"]).lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 =
+                fields[1].split('@').next().unwrap().rsplit(':').next().unwrap().parse().expect("a port");
+            let owns = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&slot),
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            if owns {
+                return self.nodes.iter().find(|n| n.port == port).expect("a known node");
+            }
+        }
+        panic!("no master owns slot {slot}");
+    }
+
+    /// `GET key` on the master that owns it.
+    pub fn get(&self, key: &str) -> String {
+        self.master_of(key).cli(&["GET", key])
+    }
+
+    pub fn node_mut(&mut self, port: u16) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.port == port).expect("a known node")
+    }
+}
+
+/// One master, one replica, three sentinels (quorum 2).
+pub struct Sentinel {
+    pub master: Node,
+    pub replica: Node,
+    pub sentinels: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start() -> Sentinel {
+        let dir = tempfile::Builder::new().prefix("redis-sentinel-").tempdir().expect("temp dir");
+        let master = Node::spawn(free_port(), dir.path(), &[], None);
+        let replica_args = ["--replicaof".to_owned(), "127.0.0.1".to_owned(), master.port.to_string()];
+        let replica = Node::spawn(free_port(), dir.path(), &replica_args, None);
+        replica
+            .wait_until("synced with its master", |n| n.info("master_link_status").as_deref() == Some("up"));
+        let sentinels: Vec<Node> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let conf = dir.path().join(format!("sentinel-{port}.conf"));
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "sentinel monitor {SERVICE} 127.0.0.1 {master} 2\n\
+                         sentinel down-after-milliseconds {SERVICE} {NODE_TIMEOUT_MS}\n\
+                         sentinel failover-timeout {SERVICE} 3000\n\
+                         sentinel parallel-syncs {SERVICE} 1\n",
+                        master = master.port
+                    ),
+                )
+                .expect("write sentinel.conf");
+                let args = [conf.display().to_string(), "--sentinel".to_owned()];
+                Node::spawn(port, dir.path(), &args, None)
+            })
+            .collect();
+        for sentinel in &sentinels {
+            sentinel.wait_until("saw the replica and the other sentinels", |s| {
+                let master = s.cli(&["SENTINEL", "MASTER", SERVICE]);
+                let field = |name: &str| {
+                    let lines: Vec<&str> = master.lines().collect();
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .map(|v| v.to_string())
+                };
+                field("num-slaves").as_deref() == Some("1")
+                    && field("num-other-sentinels").as_deref() == Some("2")
+            });
+        }
+        Sentinel { master, replica, sentinels, _dir: dir }
+    }
+
+    /// `redis-sentinel://127.0.0.1:S1?sentinelServiceName=mymaster&node=...`.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> =
+            self.sentinels[1..].iter().map(|s| format!("&node=127.0.0.1:{}", s.port)).collect();
+        format!(
+            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={SERVICE}{}",
+            self.sentinels[0].port,
+            nodes.concat()
+        )
+    }
+
+    /// The master's port as the sentinels name it.
+    pub fn master_port(&self) -> Option<u16> {
+        let reply = self.sentinels[0].cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]);
+        reply.lines().nth(1)?.trim().parse().ok()
+    }
+}

@@ -1,0 +1,324 @@
+//! Redis Cluster end to end: a 3-master, 3-replica cluster started here (see
+//! `tests/common/redis_topology.rs`), proxies on `redis-cluster://` in front of it. The whole
+//! session lifecycle, sessions over every master, two proxies on one cluster, resharding under
+//! load, a master killed with its replica promoted (the `min_replicas = 1` ledger), TLS, and a
+//! plain `redis://` URL at a cluster node.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::app::{AppEnv, Backend};
+use common::faults::session_id;
+use common::redis_topology::{Cluster, Node};
+use http::StatusCode;
+
+const ROUTES: &str = "[[route]]\nprefix = \"/\"\nupstream = \"{app}\"\n";
+/// How long the proxy may take to follow a failover (the cluster itself takes about two node
+/// timeouts to promote the replica).
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);
+
+fn key(cookie: &str) -> String {
+    format!("_session:{}", session_id(cookie).unwrap())
+}
+
+async fn proxy_on(url: &str, store: &str) -> AppEnv {
+    AppEnv::start_on(
+        Backend::Url(url.to_owned()),
+        &format!("timeout_ms = 1000\n{store}"),
+        "admin_token = \"t0ken\"",
+        "",
+        ROUTES,
+    )
+    .await
+}
+
+async fn readyz(env: &AppEnv) -> (StatusCode, String) {
+    let answer = env.admin(http::Method::GET, "/readyz", None).await;
+    (answer.status, answer.body)
+}
+
+/// Polls `/readyz` until it answers `want`, failing after `limit`.
+async fn wait_ready(env: &AppEnv, want: StatusCode, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (status, body) = readyz(env).await;
+        if status == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "/readyz still {status} ({body}) after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_over_every_master_and_two_proxies() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let one = proxy_on(&cluster.url(), "").await;
+    let two = proxy_on(&cluster.url(), "").await;
+    wait_ready(&one, StatusCode::OK, Duration::from_secs(10)).await;
+
+    // Sessions land on every master, and each is read back through the other proxy.
+    let mut cookies = Vec::new();
+    for i in 0..30 {
+        let cookie = one.create(&format!("{{\"n\":{i}}}")).await;
+        assert_eq!(cluster.get(&key(&cookie)), format!("{{\"n\":{i}}}"));
+        cookies.push(cookie);
+    }
+    let masters: HashSet<u16> = cookies.iter().map(|c| cluster.master_of(&key(c)).port).collect();
+    assert_eq!(masters.len(), 3, "sessions on every master");
+    for (i, cookie) in cookies.iter().enumerate() {
+        let answer = two.call(Some(cookie), &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.seen(), format!("{{\"n\":{i}}}"));
+    }
+
+    // Update through one, patch through the other, with GETEX (rolling) reads in between.
+    let cookie = &cookies[0];
+    let answer = one.call(Some(cookie), &[("x-add", "a")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = two.call(Some(cookie), &[("x-patch-add", "b")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(cluster.get(&key(cookie)), r#"{"n":0,"a":"a","b":"b"}"#);
+
+    // Regenerate: the session moves to a new id, most likely in another slot (every one of
+    // ten regenerations is checked, and at least one changes master).
+    let mut moved_master = false;
+    let mut current = cookies[1].clone();
+    for _ in 0..10 {
+        let before = key(&current);
+        let answer = two.call(Some(&current), &[("x-want-regenerate", "1")]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let next = answer.new_cookie().expect("a regenerate sets a new cookie");
+        let after = key(&next);
+        assert_ne!(before, after);
+        assert_eq!(cluster.get(&before), "", "the old key is gone");
+        assert_eq!(cluster.get(&after), r#"{"n":1}"#);
+        moved_master |= cluster.master_of(&before).port != cluster.master_of(&after).port;
+        current = next;
+    }
+    assert!(moved_master, "a regenerate across masters");
+    assert_eq!(one.call(Some(&current), &[]).await.seen(), r#"{"n":1}"#);
+
+    // Destroy through one; the other sees a new visitor.
+    let answer = one.call(Some(&cookies[2]), &[("x-want-update", "null")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(cluster.get(&key(&cookies[2])), "");
+    assert_eq!(two.call(Some(&cookies[2]), &[]).await.seen(), "{}");
+
+    // The admin API on a cluster: inspect and delete by id.
+    let id = session_id(&cookies[3]).unwrap();
+    let auth = Some("Bearer t0ken");
+    let inspected = two.admin(http::Method::GET, &format!("/sessions/{id}"), auth).await;
+    assert_eq!(inspected.status, StatusCode::OK, "{}", inspected.body);
+    assert_eq!(inspected.json()["data"]["n"], 3);
+    let deleted = one.admin(http::Method::DELETE, &format!("/sessions/{id}"), auth).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(cluster.get(&key(&cookies[3])), "");
+
+    // A plain redis:// URL at a cluster node: never ready, with the reason.
+    let plain = proxy_on(&format!("redis://127.0.0.1:{}", cluster.nodes[0].port), "").await;
+    wait_named_cluster(&plain).await;
+}
+
+/// `/readyz` says 503 and tells to use `redis-cluster://`.
+async fn wait_named_cluster(env: &AppEnv) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = readyz(env).await;
+        if body.contains("use redis-cluster://") {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(!body.contains("s3cret"), "{body}");
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/readyz never named the cluster: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Load on a set of sessions: each worker patches its sessions in turn with a fresh key and
+/// reads them; every answer's status is counted, and every patch that got a 2xx is in the
+/// ledger (cookie, patched key).
+struct Load {
+    ledger: Arc<Mutex<Vec<(String, String)>>>,
+    statuses: Arc<Mutex<Vec<(Instant, StatusCode)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(env: &AppEnv, cookies: &[String], workers: usize) -> Load {
+        let ledger = Arc::new(Mutex::new(Vec::new()));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|w| {
+                let url = env.proxy.url("/app");
+                let mine: Vec<String> = cookies.iter().skip(w).step_by(workers).cloned().collect();
+                let (ledger, statuses, stop) = (ledger.clone(), statuses.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for cookie in &mine {
+                            n += 1;
+                            let field = format!("w{w}n{n}");
+                            let req = http::Request::get(&url)
+                                .header("cookie", cookie)
+                                .header("x-patch-add", &field)
+                                .body(common::empty())
+                                .unwrap();
+                            let answer = common::app::send(req).await;
+                            statuses.lock().unwrap().push((Instant::now(), answer.status));
+                            if answer.status.is_success() {
+                                ledger.lock().unwrap().push((cookie.clone(), field));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { ledger, statuses, stop, tasks }
+    }
+
+    async fn finish(self) -> (Vec<(String, String)>, Vec<(Instant, StatusCode)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("load ends").unwrap();
+        }
+        let ledger = std::mem::take(&mut *self.ledger.lock().unwrap());
+        let statuses = std::mem::take(&mut *self.statuses.lock().unwrap());
+        (ledger, statuses)
+    }
+}
+
+/// Every acknowledged patch is in the session, read through the proxy.
+async fn check_ledger(env: &AppEnv, ledger: &[(String, String)]) {
+    let mut fields: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    for (cookie, field) in ledger {
+        fields.entry(cookie).or_default().push(field);
+    }
+    for (cookie, fields) in fields {
+        let answer = env.call(Some(cookie), &[]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let session: serde_json::Value = serde_json::from_str(answer.seen()).unwrap();
+        for field in fields {
+            assert_eq!(session[field], field, "acknowledged patch {field} lost: {session}");
+        }
+    }
+}
+
+fn node_id(node: &Node) -> String {
+    node.cli(&["CLUSTER", "MYID"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_under_load_gives_no_5xx() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let env = proxy_on(&cluster.url(), "").await;
+    wait_ready(&env, StatusCode::OK, Duration::from_secs(10)).await;
+    let mut cookies = Vec::new();
+    for _ in 0..40 {
+        cookies.push(env.create("{}").await);
+    }
+    let load = Load::start(&env, &cookies, 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Move 2000 slots (with their keys, MIGRATE by MIGRATE) from one master to another.
+    let masters = cluster.masters();
+    let (from, to) = (node_id(masters[0]), node_id(masters[1]));
+    let seed_port = masters[0].port.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(["60", "redis-cli", "--cluster", "reshard", &format!("127.0.0.1:{seed_port}")])
+            .args(["--cluster-from", &from, "--cluster-to", &to, "--cluster-slots", "2000", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "reshard: {}", String::from_utf8_lossy(&output.stdout));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ledger, statuses) = load.finish().await;
+
+    let errors: Vec<_> = statuses.iter().filter(|(_, s)| s.is_server_error()).collect();
+    assert!(errors.is_empty(), "{} of {} requests got 5xx during resharding", errors.len(), statuses.len());
+    assert!(ledger.len() > 100, "load ran: {} patches", ledger.len());
+    check_ledger(&env, &ledger).await;
+    // The moved slots' keys are served from their new master.
+    let moved = cookies.iter().filter(|c| cluster.master_of(&key(c)).port == masters[1].port).count();
+    assert!(moved > 0);
+    assert_eq!(readyz(&env).await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_killed_replica_promoted_no_acknowledged_write_lost() {
+    let mut cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    let env = proxy_on(&cluster.url(), "min_replicas = 1").await;
+    wait_ready(&env, StatusCode::OK, Duration::from_secs(10)).await;
+    let mut cookies = Vec::new();
+    for _ in 0..30 {
+        cookies.push(env.create("{}").await);
+    }
+    let load = Load::start(&env, &cookies, 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let victim = cluster.master_of(&key(&cookies[0])).port;
+    cluster.node_mut(victim).kill();
+    let down = wait_ready(&env, StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(5)).await;
+    // The replica takes over; the proxy follows without a restart.
+    let back = wait_ready(&env, StatusCode::OK, FAILOVER_DEADLINE).await;
+    eprintln!("readyz 503 after {down:?}, 200 again {back:?} later");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ledger, statuses) = load.finish().await;
+    let cluster_ref = &cluster;
+    tokio::task::block_in_place(|| cluster_ref.wait_ok());
+
+    let served = statuses.iter().filter(|(_, s)| s.is_success()).count();
+    let refused = statuses.iter().filter(|(_, s)| *s == StatusCode::SERVICE_UNAVAILABLE).count();
+    let other = statuses.len() - served - refused;
+    eprintln!("{served} acknowledged, {refused} got 503, {other} other");
+    assert_eq!(other, 0, "only 2xx or 503 during a failover");
+    assert!(refused > 0, "writes on the lost master were refused");
+    check_ledger(&env, &ledger).await;
+
+    // Keys of the lost master's slots are served by the promoted replica: reads work, and
+    // a write there waits for a replica it no longer has: 503, never a 2xx.
+    let answer = env.call(Some(&cookies[0]), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = env.call(Some(&cookies[0]), &[("x-patch-add", "late")]).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(env.metric("session_proxy_store_errors_total{kind=\"replicas\"}").await > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster_and_plain_url_at_a_cluster_node() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start_tls("s3cret-pw")).await.unwrap();
+    let ca = cluster.ca_file().unwrap();
+    let env = proxy_on(&cluster.url(), &format!("ca_file = \"{}\"", ca.display())).await;
+    wait_ready(&env, StatusCode::OK, Duration::from_secs(10)).await;
+    let mut masters = HashSet::new();
+    for i in 0..20 {
+        let cookie = env.create(&format!("{{\"n\":{i}}}")).await;
+        let answer = env.call(Some(&cookie), &[("x-patch-add", "p")]).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(cluster.get(&key(&cookie)), format!(r#"{{"n":{i},"p":"p"}}"#));
+        masters.insert(cluster.master_of(&key(&cookie)).port);
+    }
+    assert_eq!(masters.len(), 3);
+
+    // rediss:// (one server) at a cluster node: never ready, and the reason says what to use.
+    let port = cluster.nodes[0].port;
+    let plain = proxy_on(
+        &format!("rediss://:s3cret-pw@127.0.0.1:{port}"),
+        &format!("ca_file = \"{}\"", ca.display()),
+    )
+    .await;
+    wait_named_cluster(&plain).await;
+}
