@@ -1466,6 +1466,7 @@ upstream = "http://127.0.0.1:3000"
         message
     }
 
+    /// The configuration reference (the README's), every key at its default or commented out.
     const FULL_EXAMPLE: &str = r#"
 [server]
 listen = "127.0.0.1:8080"          # required
@@ -1474,14 +1475,20 @@ listen = "127.0.0.1:8080"          # required
 # admin_listen = "127.0.0.1:9901"  # /healthz, /readyz, /metrics; never on the public listener
 # upstream_timeout_ms = 30000      # until the upstream's response headers, then 504
 # shutdown_grace_ms = 30000        # SIGTERM/SIGINT: stop accepting, finish in-flight requests
+# max_connections = 20000          # open client connections; at the cap, accepting pauses
+# upstream_read_timeout_ms = 60000 # between two reads of the upstream's response body; 0 = never
+# client_send_timeout_ms = 60000   # a client that takes nothing of its response this long is dropped
+# admin_token = "${ADMIN_TOKEN}"   # enables the session management endpoints (Bearer token)
 
 [store]
 url = "memory://"                  # embedded in-process store (one process; lost on restart)
-# url = "redis://127.0.0.1:6379"   # also rediss:// (TLS, e.g. Upstash: rediss://default:TOKEN@HOST:6379)
+# url = "redis://127.0.0.1:6379"   # also rediss:// (TLS, e.g. Upstash: rediss://default:TOKEN@HOST:6379),
+                                   # redis-cluster://, rediss-cluster://, redis-sentinel://, rediss-sentinel://
 key_prefix = "_session:"
 # ca_file = "ca.pem"               # extra PEM roots for rediss:// (private CA)
 # timeout_ms = 1000                # per store command
 # pool_size = 2
+# min_replicas = 0                 # > 0: a write counts only once WAIT confirms this many replicas
 
 [session]
 cookie_name = "__session"
@@ -1498,8 +1505,13 @@ header = "x-session"               # request header: the session, to the upstrea
 update_header = "x-session-update" # response header: the new session, from the upstream
 regenerate_header = "x-session-regenerate" # response header: move the session to a fresh id
 patch_header = "x-session-patch"   # response header: a JSON merge patch applied atomically
+# index = "/user/id"               # JSON pointer: keep a per-value index of live sessions (admin API)
+# login_url = "/login"             # where routes with `require` send anonymous browsers
 max_bytes = 16384                  # largest session accepted from the upstream (JSON bytes)
 on_store_error = "fail"            # "fail": 503; "pass": forward without a session
+
+[session.headers]                  # identity headers for the upstream, from the session
+# "x-user-id" = "/user/id"         # header name = JSON pointer (RFC 6901) into the session
 
 [[route]]                          # longest matching prefix wins
 prefix = "/static/"
@@ -1512,12 +1524,15 @@ upstream = "http://127.0.0.1:3000" # "/app" and "/app/x", never "/apple"
 session = true                     # default true
 # strip_prefix = false
 # host = "app.example.com"         # only requests for this Host
+# require = "/user"                # JSON pointer that must hold a value (not null or false)
+# require_value = "admin"          # ... equal to this (or, for an array, containing it)
+# read_timeout_ms = 0              # per-route upstream_read_timeout_ms (0: never, for SSE)
 "#;
 
     // --- the full example and defaults -------------------------------------------------
 
     #[test]
-    fn design_example_parses() {
+    fn full_example_parses() {
         let config = from_toml_str_with_env(FULL_EXAMPLE, env(&[("SESSION_SECRET", "top-secret")])).unwrap();
         assert_eq!(config.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(config.store.url, StoreUrl::Memory);
@@ -1535,7 +1550,7 @@ session = true                     # default true
     }
 
     #[test]
-    fn design_example_without_secret_names_the_variable() {
+    fn full_example_without_secret_names_the_variable() {
         let message = from_toml_str_with_env(FULL_EXAMPLE, no_env).unwrap_err().to_string();
         assert!(message.starts_with("session.secrets[0]:"), "{message}");
         assert!(message.contains("SESSION_SECRET"), "{message}");
@@ -1594,6 +1609,7 @@ shutdown_grace_ms = 100
 max_connections = 500
 upstream_read_timeout_ms = 7000
 client_send_timeout_ms = 8000
+admin_token = "operator-token"
 
 [store]
 url = "rediss://default:TOKEN@example.upstash.io:6379"
@@ -1619,6 +1635,18 @@ regenerate_header = "x-app-regen"
 patch_header = "X_App_Patch"
 max_bytes = 4096
 on_store_error = "pass"
+index = "/user/id"
+login_url = "/login"
+
+[session.headers]
+"x-user-id" = "/user/id"
+"X-Roles" = "/roles"
+
+[[route]]
+prefix = "/admin"
+upstream = "http://localhost:3003"
+require = "/roles"
+require_value = "admin"
 
 [[route]]
 prefix = "/app"
@@ -1637,7 +1665,7 @@ read_timeout_ms = 2500
 prefix = "/"
 upstream = "http://localhost:3002"
 "#;
-        let config = parse(text);
+        let mut config = parse(text);
         assert_eq!(config.server.listen, "[::1]:8443".parse().unwrap());
         assert_eq!(config.server.tls, Some(TlsFiles { cert: "cert.pem".into(), key: "key.pem".into() }));
         assert_eq!(config.server.admin_listen, Some("127.0.0.1:9901".parse().unwrap()));
@@ -1646,6 +1674,10 @@ upstream = "http://localhost:3002"
         assert_eq!(config.server.max_connections, Some(500));
         assert_eq!(config.server.upstream_read_timeout, Some(Duration::from_millis(7000)));
         assert_eq!(config.server.client_send_timeout, Duration::from_millis(8000));
+        assert_eq!(
+            config.server.admin_token.as_ref().map(AdminToken::as_bytes),
+            Some(&b"operator-token"[..])
+        );
         assert!(config.store.url.is_tls());
         assert_eq!(config.store.key_prefix, "app:");
         assert_eq!(config.store.ca_file, Some(PathBuf::from("ca.pem")));
@@ -1665,7 +1697,27 @@ upstream = "http://localhost:3002"
         assert_eq!(session.patch_header, "x_app_patch");
         assert_eq!(session.max_bytes, 4096);
         assert_eq!(session.on_store_error, OnStoreError::Pass);
+        assert_eq!(session.index, Some(JsonPointer::parse("/user/id").unwrap()));
+        assert_eq!(session.login_url.as_deref(), Some("/login"));
+        let headers: Vec<(&str, &JsonPointer)> =
+            session.identity_headers.iter().map(|(name, pointer)| (name.as_str(), pointer)).collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-roles", &JsonPointer::parse("/roles").unwrap()),
+                ("x-user-id", &JsonPointer::parse("/user/id").unwrap())
+            ]
+        );
+        let admin = config.routes.remove(0);
+        assert_eq!(
+            admin.require,
+            Some(Requirement {
+                pointer: JsonPointer::parse("/roles").unwrap(),
+                value: Some(RequiredValue::String("admin".to_owned())),
+            })
+        );
         let route = &config.routes[0];
+        assert!(route.require.is_none());
         assert_eq!(route.upstream.authority().unwrap().as_str(), "localhost:3000");
         assert_eq!(route.upstream.path(), "/");
         assert!(!route.session);

@@ -4,13 +4,17 @@
 //! How the fred settings get there:
 //! - `fail_fast = false` plus a reconnect policy that never gives up: the connection tasks are
 //!   spawned and keep trying (capped exponential backoff); [`RedisStore::connect`] never waits
-//!   for them.
+//!   for them. Once a connection attempt has failed, calls on a client that is reconnecting
+//!   fail at once instead of queueing for `timeout_ms` (the store is known to be down).
 //! - `default_command_timeout = timeout`: a command that waits (for a connection, or for a
 //!   stalled server) fails with a timeout, and fred marks it timed out so it is never written
 //!   to Redis later, after the caller was told it failed. fred's timer covers the whole wait
 //!   of a single command (it starts when the command is queued), so those calls need no timer
-//!   of ours; the regenerate pipeline, which takes a few steps, is also wrapped in
-//!   `tokio::time::timeout` as a belt, slightly later so fred's own timeout normally wins.
+//!   of ours; QUIT at shutdown is also wrapped in `tokio::time::timeout` as a belt, slightly
+//!   later so fred's own timeout normally wins.
+//! - Error replies that refuse the proxy as such become their own kinds: `OOM` (maxmemory
+//!   under `noeviction`: writes fail, reads work) and `NOPERM` (an ACL without a command the
+//!   proxy needs: logged once as an ERROR), so logs and metrics say what to fix.
 //! - No `unresponsive` check in fred: it would start a timer on every pass of the router loop
 //!   (two per command), and it measures from the *latest* write, so under steady traffic it
 //!   never fires. The store's own stall watch covers a connection that takes writes but no
@@ -93,8 +97,8 @@ const UNRESPONSIVE_MIN: Duration = Duration::from_millis(500);
 /// How long the task asking fred to replace a stalled connection waits for the reconnect.
 const RECONNECT_REQUEST_WAIT: Duration = Duration::from_secs(10);
 
-/// How much later than fred's command timeout the `tokio::time::timeout` belt (around the
-/// regenerate pipeline and QUIT) fires. fred's timeout must win in the normal case: only it
+/// How much later than fred's command timeout the `tokio::time::timeout` belt (around QUIT)
+/// fires. fred's timeout must win in the normal case: only it
 /// marks a queued command as timed out so it is never sent after the caller gave up. The belt
 /// is for anything that would keep those waiting past fred's timer.
 const TIMEOUT_BELT_SLACK: Duration = Duration::from_millis(50);
@@ -172,8 +176,7 @@ pub struct RedisStore {
 
 struct Inner {
     pool: Pool,
-    /// The `tokio::time::timeout` belt around the pipeline and QUIT (the store timeout plus
-    /// slack).
+    /// The `tokio::time::timeout` belt around QUIT (the store timeout plus slack).
     belt: Duration,
     /// Notices connections that fred still counts as up but that stopped answering.
     stalls: StallWatch,
@@ -578,7 +581,19 @@ impl RedisStore {
 
     /// Runs one fred call on client `index` (fred's command timeout bounds it), maps its error,
     /// and feeds the outcome to the stall watch.
+    ///
+    /// When the client is not connected and a connection attempt has already failed (Redis
+    /// is known to be down: the connections are reconnecting), the call fails at once,
+    /// without being sent or queued: a request must not wait `timeout_ms` for an answer that
+    /// cannot come. While the first connection is still being made, calls wait for it.
     async fn call<T>(&self, index: usize, request: FredCall<'_, T>) -> Result<T, StoreError> {
+        if !self.client_connected(index) {
+            if let Some(cause) = self.inner.last_error.get() {
+                return Err(StoreError::Unavailable(format!(
+                    "not connected to Redis (reconnecting): {cause}"
+                )));
+            }
+        }
         let result = request.await.map_err(|err| self.fred_error(index, &err));
         match &result {
             // An answer, even an error reply, proves the connection works.
@@ -602,7 +617,30 @@ impl RedisStore {
             }
         }
         let failure = classify(err.kind(), self.client_connected(index));
+        if failure == Failure::Command {
+            return self.refusal(err.details()).unwrap_or_else(|| StoreError::Command(err.to_string()));
+        }
         self.store_error(index, failure, &err.to_string())
+    }
+
+    /// An error reply that says Redis refuses the proxy's writes or commands as such, rather
+    /// than this one call: out of memory under `noeviction` (also raised from inside a
+    /// script), or an ACL without a command the proxy needs. The first ACL refusal is logged
+    /// as an ERROR once per process: nothing works until an operator changes the ACL.
+    fn refusal(&self, reply: &str) -> Option<StoreError> {
+        if reply.starts_with("OOM ") || reply.contains("OOM command not allowed") {
+            return Some(StoreError::OutOfMemory(reply.to_owned()));
+        }
+        if reply.starts_with("NOPERM") || reply.contains("NOPERM ") {
+            let denied = StoreError::Denied(reply.to_owned());
+            // Once per process: every worker has a store of its own.
+            static LOGGED: AtomicBool = AtomicBool::new(false);
+            if !LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::error!(error = %denied, "the session store refuses a command the proxy needs");
+            }
+            return Some(denied);
+        }
+        None
     }
 
     fn store_error(&self, index: usize, failure: Failure, message: &str) -> StoreError {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod faults;
+pub mod logs;
 pub mod redis_server;
 pub mod redis_topology;
 
