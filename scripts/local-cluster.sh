@@ -25,7 +25,7 @@ start)
         redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
             --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
             --save "" --appendonly no --dir "$state/$port" --logfile "$state/$port/redis.log" \
-            --daemonize no &
+            --daemonize no </dev/null >/dev/null 2>&1 &
         echo $! >>"$state/pids"
         nodes+=("127.0.0.1:$port")
     done
@@ -45,6 +45,10 @@ start)
 stop)
     if [ -e "$state/pids" ]; then
         while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$state/pids"
+        # Wait (bounded) until they are gone, so nothing writes into the directory as it goes.
+        while read -r pid; do
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        done <"$state/pids"
         rm -rf "$state"
     fi
     ;;
