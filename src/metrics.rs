@@ -51,6 +51,12 @@ struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreInfoLabels {
+    backend: &'static str,
+    topology: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -85,6 +91,10 @@ pub struct Metrics {
     upstream_duration: HistogramFamily<RouteLabels>,
     store_duration: HistogramFamily<CommandLabels>,
     store_errors: Family<KindLabels, Counter>,
+    /// Which store the proxy uses (always 1, labelled).
+    store_info: Family<StoreInfoLabels, Gauge>,
+    /// `store.min_replicas`.
+    store_min_replicas: Gauge,
     sessions: Family<EventLabels, Counter>,
     conflicts: Family<OutcomeLabels, Counter>,
     writes_skipped: Counter,
@@ -152,6 +162,18 @@ impl Metrics {
         );
         let store_errors = Family::<KindLabels, Counter>::default();
         registry.register("store_errors", "Failed store commands by kind", store_errors.clone());
+        let store_info = Family::<StoreInfoLabels, Gauge>::default();
+        registry.register(
+            "store_info",
+            "The session store in use: backend (memory, redis) and topology (memory, single, cluster, sentinel); always 1",
+            store_info.clone(),
+        );
+        let store_min_replicas = Gauge::default();
+        registry.register(
+            "store_min_replicas",
+            "store.min_replicas: replicas each write must reach (WAIT) before it is acknowledged",
+            store_min_replicas.clone(),
+        );
         let sessions = Family::<EventLabels, Counter>::default();
         registry.register(
             "sessions",
@@ -223,6 +245,8 @@ impl Metrics {
             upstream_duration,
             store_duration,
             store_errors,
+            store_info,
+            store_min_replicas,
             sessions,
             conflicts,
             writes_skipped,
@@ -326,6 +350,12 @@ impl Metrics {
     /// The gauge of open client connections, which their tickets move (`admission`).
     pub(crate) fn open_connections(&self) -> Gauge {
         self.open_connections.clone()
+    }
+
+    /// Records which store is in use (`store_info`, `store_min_replicas`).
+    pub(crate) fn set_store(&self, backend: &'static str, topology: &'static str, min_replicas: u32) {
+        self.store_info.get_or_create(&StoreInfoLabels { backend, topology }).set(1);
+        self.store_min_replicas.set(i64::from(min_replicas));
     }
 
     pub(crate) fn set_max_connections(&self, cap: usize) {

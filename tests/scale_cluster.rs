@@ -60,6 +60,8 @@ async fn lifecycle_over_every_master_and_two_proxies() {
     let one = proxy_on(&cluster.url(), "").await;
     let two = proxy_on(&cluster.url(), "").await;
     wait_ready(&one, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(one.metric("session_proxy_store_info{backend=\"redis\",topology=\"cluster\"}").await, 1.0);
+    assert_eq!(one.metric("session_proxy_store_min_replicas").await, 0.0);
 
     // Sessions land on every master, and each is read back through the other proxy.
     let mut cookies = Vec::new();

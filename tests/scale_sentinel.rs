@@ -43,6 +43,8 @@ async fn lifecycle_then_failover_followed_without_restart_and_no_acknowledged_wr
     let mut sentinel = tokio::task::spawn_blocking(Sentinel::start).await.unwrap();
     let env = proxy_on(&sentinel.url(), "min_replicas = 1").await;
     wait_ready(&env, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(env.metric("session_proxy_store_info{backend=\"redis\",topology=\"sentinel\"}").await, 1.0);
+    assert_eq!(env.metric("session_proxy_store_min_replicas").await, 1.0);
 
     // The lifecycle, on the master Sentinel names, replicated to the replica.
     let cookie = env.create(r#"{"a":1}"#).await;

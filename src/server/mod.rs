@@ -111,6 +111,9 @@ impl Server {
         let stores = connect_stores(&config.store, &workers).await?;
         let metrics = Arc::new(Metrics::new());
         metrics.set_max_connections(max_connections);
+        if let Some(store) = stores.first() {
+            metrics.set_store(store.kind(), store.topology(), config.store.min_replicas);
+        }
         let app = Arc::new(ArcSwap::from_pointee(App::new(&config, &metrics)));
         let secure_cookie = Arc::new(SecureCookieWarning::default());
         let proxies: Vec<Arc<Proxy>> = stores

@@ -162,6 +162,15 @@ impl Store {
         }
     }
 
+    /// `"memory"`, or for Redis `"single"`, `"cluster"` or `"sentinel"` (the URL's form), for
+    /// logs and metrics.
+    pub fn topology(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+            Store::Redis(store) => store.topology().label(),
+        }
+    }
+
     /// `"memory"` or `"redis"`, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
