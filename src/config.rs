@@ -1488,6 +1488,7 @@ key_prefix = "_session:"
 # ca_file = "ca.pem"               # extra PEM roots for rediss:// (private CA)
 # timeout_ms = 1000                # per store command
 # pool_size = 2
+# min_replicas = 0                 # Redis only: WAIT for this many replicas after each write, else 503
 # min_replicas = 0                 # > 0: a write counts only once WAIT confirms this many replicas
 
 [session]

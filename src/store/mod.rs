@@ -29,7 +29,8 @@ use crate::config::{StoreConfig, StoreUrl};
 pub enum Store {
     /// `memory://`: one process only, lost on restart.
     Memory(memory::MemoryStore),
-    /// `redis://` or `rediss://`: a pool of fred clients.
+    /// `redis://`, `rediss://`, `redis[s]-cluster://`, `redis[s]-sentinel://`: a pool of fred
+    /// clients.
     Redis(redis::RedisStore),
 }
 

@@ -25,6 +25,13 @@
 //! - `max_command_buffer_len`: commands queued while disconnected are bounded, so a long outage
 //!   cannot grow memory; overflow fails at once.
 //! - `rediss://`: rustls with the ring provider, roots from the system plus `ca_file`.
+//! - Topologies (the README, "Scale-out"): `redis[s]-cluster://` gives a clustered client
+//!   (one connection per node per pooled client; every command has one key, so fred routes it
+//!   by slot and follows `MOVED`/`ASK`; reconnects try the cached slot map's nodes too), and
+//!   `redis[s]-sentinel://` a client that asks the sentinels for the master on every
+//!   (re)connect. A `redis://` URL at a cluster node is detected and reported.
+//! - `store.min_replicas`: after a write, `WAIT N timeout_ms` on the same client and slot, so
+//!   on the same connection to the same node; fewer replicas is [`StoreError::Replicas`].
 //!
 //! Nothing here logs a URL, a key (keys hold session ids), a value or a password.
 
@@ -548,15 +555,37 @@ impl RedisStore {
         if self.inner.topology != Topology::Cluster {
             return self.call(index, Box::pin(client.ping::<()>(None))).await;
         }
-        let Some(routing) = client.cached_cluster_state() else {
-            return Err(StoreError::Unavailable("no cluster slot map yet".to_owned()));
+        let result = match client.cached_cluster_state() {
+            None => Err(StoreError::Unavailable("no cluster slot map yet".to_owned())),
+            Some(routing) => match covering_masters(&routing) {
+                Err(err) => Err(err),
+                Ok(masters) => {
+                    let pings = masters.into_iter().map(|master| {
+                        let node = client.with_cluster_node(master);
+                        async move {
+                            self.call(index, pin_in_place(|| async move { node.ping::<()>(None).await }))
+                                .await
+                        }
+                    });
+                    let pings = futures_util::future::join_all(pings).await;
+                    pings.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+                }
+            },
         };
-        let masters = covering_masters(&routing)?;
-        let pings = masters.into_iter().map(|master| {
-            let node = client.with_cluster_node(master);
-            async move { self.call(index, pin_in_place(|| async move { node.ping::<()>(None).await })).await }
-        });
-        futures_util::future::join_all(pings).await.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+        if result.is_err() {
+            // A master that does not answer may have been replaced by its replica: refresh
+            // every client's slot map now (CLUSTER SLOTS from any node that answers) rather
+            // than when a reconnect or a MOVED reply gets to it, so the store serves the new
+            // master's slots, and is ready, as soon as the cluster has promoted it.
+            self.refresh_slot_maps().await;
+        }
+        result
+    }
+
+    /// `sync_cluster` on every pooled client, bounded by the belt.
+    async fn refresh_slot_maps(&self) {
+        let syncs = self.inner.pool.clients().iter().map(|client| client.sync_cluster());
+        let _ = tokio::time::timeout(self.inner.belt, futures_util::future::join_all(syncs)).await;
     }
 
     /// Sends QUIT on every connection (bounded by the belt, as Redis may be down) and stops the
