@@ -40,7 +40,7 @@ from report import yardstick  # bench/report.py: the same unit as a full run's r
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 TICK = os.sysconf("SC_CLK_TCK")
-PATHS = {4: "/plain/", 5: "/", 6: "/update/"}
+PATHS = {4: "/plain/", 5: "/", 6: "/write/"}  # /write/: an update that changes the session
 SESSION = '{"user":"bench","role":"tester"}'
 
 
