@@ -28,6 +28,7 @@ NAMES = {
     14: "nginx over TLS, HTTP/2 (h2load)",
     15: "session-proxy over TLS, HTTP/2, session read (h2load)",
     16: "session-proxy, session read on a 3-master Redis Cluster",
+    17: "session-proxy, session read over 256 sessions on one Redis (16's client, like for like)",
 }
 #: Scenarios only measured with FLOOR=1.
 FLOOR_SCENARIOS = (7, 8)
@@ -374,7 +375,7 @@ def main():
             return "-"
         return ", ".join(f"{o} {v:.3f}" for o, v in sorted(c.items())) or "none"
 
-    new = [n for n in (5, 6, 9, 10, 11, 12, 13, 14, 15, 16) if n in shown]
+    new = [n for n in (5, 6, 9, 10, 11, 12, 13, 14, 15, 16, 17) if n in shown]
     if any(n >= 9 for n in new):
         p("## Session writes, index, TLS and cluster (issues 23, 24, 26, 27)")
         p("")
@@ -386,7 +387,7 @@ def main():
                 p(f"| {n} | {NAMES[n]} | not run: {meta.get(f'skip{n}') or 'no successful run'} | | | | | | | | | |")
                 continue
             r = rows[n]
-            base = 5 if n == 16 else BASE.get(n, NGINX)
+            base = 5 if n in (16, 17) else BASE.get(n, NGINX)
             lat = fmt_ms(r["mean"]) + " (mean)" if n in H2 else fmt_ms(r["p99"])
             cmds = ", ".join(f"{c.upper()} {v:.2f}" for c, v in r["redis"].items() if v >= 0.005) or "none"
             total = "-" if r["cmds_total"] is None else f"{r['cmds_total']:.2f}"
@@ -535,8 +536,14 @@ def main():
                    meta.get(f"skip{n}") or meta.get(f"skip{b}") or "not measured")
     if have(16, 5):
         rr = ratio(16, "rps", 5)
+        like = ""
+        if have(17):
+            like = (f"; like for like, against (17) (the same wrk script and as many sessions on one Redis): "
+                    f"{ratio(16, 'rps', 17):.2f}x, paired {fmt_ratio(paired(16, 'rps', 17))}, proxy CPU per request "
+                    f"{fmt_ratio(ratio(16, 'cpu', 17))}")
         target("(16) session reads on a 3-master Redis Cluster >= 0.9x (5)", rr >= 0.9,
-               f"{rr:.2f}x ({rows[16]['rps']:,.0f} against {rows[5]['rps']:,.0f}); paired {fmt_ratio(paired(16, 'rps', 5))}")
+               f"{rr:.2f}x ({rows[16]['rps']:,.0f} against {rows[5]['rps']:,.0f}); paired {fmt_ratio(paired(16, 'rps', 5))}"
+               + like)
     else:
         target("(16) session reads on a 3-master Redis Cluster >= 0.9x (5)", None,
                meta.get("skip16") or "not measured")

@@ -3,9 +3,11 @@
 # and its session write path, index, TLS and Redis Cluster scenarios (issues 23, 24, 26, 27).
 #
 # Usage (from anywhere; needs root for the installs, Linux /proc). The whole run took 690 s
-# with scenarios 1 to 6 (2026-12-06, the PGO build included); scenarios 9 to 16 add 8 x 5 rounds
-# x 11 s, so about 19 minutes now (the measuring alone: 14 scenarios x 5 x 11 s = 770 s), 2
-# more with FLOOR=1, plus about 6 for the PGO build when anything it is built from has changed;
+# with scenarios 1 to 6 (2026-12-06, the PGO build included); scenarios 9 to 15 add 7 x 5
+# rounds x 11 s, and 16 and 17 (with a build that has cluster support) 2 x 5 x 11 s more: about
+# 18 minutes now, 20 with the cluster (the measuring alone: 13 or 15 scenarios x 5 x 11 s =
+# 715 or 825 s), 2 more with FLOOR=1, the PGO build included when nothing it is built from
+# has changed, about 6 more when something has;
 # ONLY= runs a subset:
 #
 #   bench/run.sh
@@ -46,6 +48,8 @@
 #          (a self-signed certificate made at run time; h2load -c 4 -m 16: 64 streams)
 #      16. session reads on a 3-master Redis Cluster (store.url = redis-cluster://) started
 #          here; skipped, with --check's reason, by a build that refuses the URL
+#      17. (5) with (16)'s client (wrk cycling over 256 sessions), on the one Redis: (16)'s
+#          like-for-like baseline, measured only beside (16)
 #     with wrk (-c 64 -t 2 --latency; h2load for 14, 15): every scenario ROUNDS times, interleaved round-robin
 #     (each round starts one scenario later), each run preceded by a WARMUP-second wrk run
 #     that is not counted;
@@ -422,7 +426,7 @@ CL_BUS=("$CL1_BUS" "$CL2_BUS" "$CL3_BUS")
 # Which scenarios run: all by default (7 and 8 with FLOOR=1), or the list in ONLY.
 ORDER=(1 2 3 4 5 6)
 [[ $FLOOR == 1 ]] && ORDER+=(7 8)
-ORDER+=(9 10 11 12 13 14 15 16)
+ORDER+=(9 10 11 12 13 14 15 16 17)
 if [[ -n "${ONLY:-}" ]]; then
     read -r -a ORDER <<<"${ONLY//,/ }"
 fi
@@ -714,6 +718,16 @@ if wanted 16; then
     fi
     [[ -n "${SKIP[16]:-}" ]] && note "(16) ${SKIP[16]}"
 fi
+# (17): (5) with (16)'s client, wrk cycling over as many sessions with bench/cookies.lua, on the
+# single Redis: what (16) is compared with like for like. Only measured beside (16).
+if wanted 17; then
+    if ! wanted 16 || [[ -n "${SKIP[16]:-}" ]]; then
+        SKIP[17]="only measured beside (16)"
+    else
+        made=$(make_sessions "http://127.0.0.1:$SP5_PORT/update/" "$TMP/sp17-cookies.txt")
+        [[ $made == "$SESSIONS" ]] || { SKIP[17]="made $made of $SESSIONS sessions"; note "(17) ${SKIP[17]}"; }
+    fi
+fi
 
 # ------------------------------------------------ scenarios
 # Per scenario: NAMES, URLS, COOKIES (a Cookie header for every request), ROOTPIDS (the proxy
@@ -729,7 +743,8 @@ NAMES=("" "upstream direct (ceiling)" "nginx reverse proxy" "Node proxy (express
     "session-proxy, read + write with session.index"
     "nginx over TLS, HTTP/1.1 (wrk)" "session-proxy over TLS, HTTP/1.1, session read (wrk)"
     "nginx over TLS, HTTP/2 (h2load)" "session-proxy over TLS, HTTP/2, session read (h2load)"
-    "session-proxy, session read on a 3-master Redis Cluster")
+    "session-proxy, session read on a 3-master Redis Cluster"
+    "session-proxy, session read over many sessions (as 16, on one Redis)")
 URLS=("" "http://127.0.0.1:$UPSTREAM_PORT/" "http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$NODE_PORT/"
     "http://127.0.0.1:$SP4_PORT/plain/" "http://127.0.0.1:$SP5_PORT/" "http://127.0.0.1:$SP6_PORT/write/"
     "http://127.0.0.1:$BARE7_PORT/" "http://127.0.0.1:$BARE8_PORT/"
@@ -737,20 +752,22 @@ URLS=("" "http://127.0.0.1:$UPSTREAM_PORT/" "http://127.0.0.1:$NGINX_PORT/" "htt
     "http://127.0.0.1:$SP11_PORT/write-user/"
     "https://127.0.0.1:$NGINX_TLS_PORT/" "https://127.0.0.1:$SP_TLS_PORT/"
     "https://127.0.0.1:$NGINX_TLS_PORT/" "https://127.0.0.1:$SP_TLS_PORT/"
-    "http://127.0.0.1:$SP16_PORT/")
+    "http://127.0.0.1:$SP16_PORT/" "http://127.0.0.1:$SP5_PORT/")
 COOKIES=("" "" "" "$NODE_COOKIE" "" "$SP_COOKIE" "" "" "" "$SP9_COOKIE" "$SP10_COOKIE"
-    "" "" "$SP_COOKIE" "" "$SP_COOKIE" "")
+    "" "" "$SP_COOKIE" "" "$SP_COOKIE" "" "")
 ROOTPIDS=("" "" "$NGINX_PROXY_PID" "$NODE_PID" "$SP4_PID" "$SP5_PID" "$SP6_PID" "$BARE7_PID" "$BARE8_PID"
     "$SP9_PID" "$SP10_PID" "$SP11_PID" "$NGINX_TLS_PID" "$SP_TLS_PID" "$NGINX_TLS_PID" "$SP_TLS_PID"
-    "$SP16_PID")
+    "$SP16_PID" "$SP5_PID")
 TOOL=() LUA=() LUA_ARGS=() ADMIN=() REDIS_PORTS=() REDIS_PIDS=()
 TOOL[14]=h2load TOOL[15]=h2load
 LUA[10]="$BENCH_DIR/contention.lua" LUA_ARGS[10]=$((CONNECTIONS / THREADS))
 LUA[6]="$BENCH_DIR/cookies.lua" LUA_ARGS[6]="$TMP/sp6-cookies.txt $THREADS"
 LUA[11]="$BENCH_DIR/cookies.lua" LUA_ARGS[11]="$TMP/sp11-cookies.txt $THREADS"
 LUA[16]="$BENCH_DIR/cookies.lua" LUA_ARGS[16]="$CLUSTER_COOKIES $THREADS"
+LUA[17]="$BENCH_DIR/cookies.lua" LUA_ARGS[17]="$TMP/sp17-cookies.txt $THREADS"
 ADMIN[5]=$ADMIN5_PORT ADMIN[6]=$ADMIN6_PORT ADMIN[9]=$ADMIN9_PORT ADMIN[10]=$ADMIN10_PORT
 ADMIN[11]=$ADMIN11_PORT ADMIN[13]=$ADMIN_TLS_PORT ADMIN[15]=$ADMIN_TLS_PORT ADMIN[16]=$ADMIN16_PORT
+ADMIN[17]=$ADMIN5_PORT
 for n in "${ORDER[@]}"; do REDIS_PORTS[n]=$REDIS_PORT REDIS_PIDS[n]=$REDIS_PID; done
 REDIS_PORTS[16]="${CL_PORTS[*]}" REDIS_PIDS[16]="${CLUSTER_PIDS[*]}"
 H2_CLIENTS="${H2_CLIENTS:-4}"
