@@ -2,20 +2,20 @@
 # bench/run.sh: session-proxy side by side with nginx and a Node.js session proxy (issue 5),
 # and its session write path, index, TLS and Redis Cluster scenarios (issues 23, 24, 26, 27).
 #
-# Usage (from anywhere; needs root for the installs, Linux /proc). The whole run took 690 s
-# with scenarios 1 to 6 (2026-12-06, the PGO build included); scenarios 9 to 15 add 7 x 5
-# rounds x 11 s, and 16 and 17 (with a build that has cluster support) 2 x 5 x 11 s more: about
-# 18 minutes now, 20 with the cluster (the measuring alone: 13 or 15 scenarios x 5 x 11 s =
-# 715 or 825 s), 2 more with FLOOR=1, the PGO build included when nothing it is built from
-# has changed, about 6 more when something has;
-# ONLY= runs a subset:
+# Usage (from anywhere; needs root for the installs, Linux /proc). The whole run of
+# bench/results/latest.md (scenarios 1 to 6) took 690 s; scenarios 9 to 15 add 7 x 5 rounds x
+# 11 s, and 16 and 17 (with a build that has cluster support) 2 x 5 x 11 s more: about 18
+# minutes now, 20 with the cluster (the measuring alone: 13 or 15 scenarios x 5 x 11 s = 715
+# or 825 s), 2 more with FLOOR=1, plus about 6 for the PGO build when anything it is built
+# from has changed; ONLY= runs a subset:
 #
 #   bench/run.sh
 #
 # What it does, in one run on this machine:
 #   - installs what is missing: wrk, nginx (nginx-light when apt has it), redis-server, curl,
-#     h2load (nghttp2-client), openssl (apt-get); the Node proxy's dependencies (`npm ci` in bench/node-proxy, from the
-#     committed package-lock.json); the machine's Node.js (>= 18) and python3 are used as is;
+#     h2load (nghttp2-client), openssl (apt-get); the Node proxy's dependencies (`npm ci` in
+#     bench/node-proxy, from the committed package-lock.json); the machine's Node.js (>= 18)
+#     and python3 are used as is;
 #   - builds session-proxy in release mode with a training profile (scripts/build-pgo.sh, the
 #     build for production; PGO=0 for a plain `cargo build --release --locked`; set
 #     CARGO_TARGET_DIR to build elsewhere);
