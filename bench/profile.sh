@@ -131,7 +131,7 @@ path_of() {
     case $1 in
         4) echo /plain/ ;;
         5) echo / ;;
-        6) echo /write/ ;; # an update that changes the session (an equal one writes nothing)
+        6) echo /update/ ;;
         7 | 8) echo / ;;
         *) die "scenario $1: only 4 to 8 can be profiled" ;;
     esac
