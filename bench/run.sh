@@ -615,6 +615,11 @@ check_tls() { # check_tls N PORT PATH WANT HTTP_VERSION [CURL ARGS...]
         SKIP[n]="check over TLS failed"
     fi
 }
+# What each TLS server negotiates with an OpenSSL client (wrk and h2load are OpenSSL too).
+for pair in "nginx:$NGINX_TLS_PORT" "session-proxy:$SP_TLS_PORT"; do
+    note "TLS: ${pair%%:*} negotiates $(curl -s -k -m 5 -v -o /dev/null "https://127.0.0.1:${pair#*:}/plain/" 2>&1 \
+        | tr -d '\r' | sed -n 's/^\* SSL connection using //p' | head -1) with curl $(curl -V | awk 'NR==1{print $2, $5}')"
+done
 check_tls 12 "$NGINX_TLS_PORT" / "hello from the upstream" 1.1
 check_tls 14 "$NGINX_TLS_PORT" / "hello from the upstream" 2
 if [[ -n "$SP_COOKIE" ]]; then
