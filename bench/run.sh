@@ -664,7 +664,10 @@ start_cluster() {
         CLUSTER_PIDS+=($!)
         PIDS+=($!)
     done
-    for port in "${CL_PORTS[@]}"; do wait_port "$port" "cluster node"; done
+    for i in 0 1 2; do
+        port_opens "${CL_PORTS[$i]}" "${CLUSTER_PIDS[$i]}" \
+            || { tail -3 "$TMP/cluster-${CL_PORTS[$i]}.log" >"$TMP/cluster-create.log"; return 1; }
+    done
     redis-cli --cluster create "${CL_PORTS[@]/#/127.0.0.1:}" --cluster-yes \
         >"$TMP/cluster-create.log" 2>&1 || return 1
     for i in $(seq 1 100); do
