@@ -660,13 +660,14 @@ start_cluster() {
         redis-server --port "$port" --cluster-port "${CL_BUS[$i]}" --bind 127.0.0.1 \
             --cluster-enabled yes --cluster-config-file "$TMP/cluster-$port/nodes.conf" \
             --cluster-node-timeout 5000 --save "" --appendonly no --dir "$TMP/cluster-$port" \
-            --daemonize no --logfile "$TMP/cluster-$port.log" &
+            --daemonize no --logfile "$TMP/cluster-$port.log" >"$TMP/cluster-$port.out" 2>&1 &
         CLUSTER_PIDS+=($!)
         PIDS+=($!)
     done
     for i in 0 1 2; do
         port_opens "${CL_PORTS[$i]}" "${CLUSTER_PIDS[$i]}" \
-            || { tail -3 "$TMP/cluster-${CL_PORTS[$i]}.log" >"$TMP/cluster-create.log"; return 1; }
+            || { cat "$TMP/cluster-${CL_PORTS[$i]}".{out,log} 2>/dev/null | grep . | tail -3 \
+                >"$TMP/cluster-create.log"; return 1; }
     done
     redis-cli --cluster create "${CL_PORTS[@]/#/127.0.0.1:}" --cluster-yes \
         >"$TMP/cluster-create.log" 2>&1 || return 1
