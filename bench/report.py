@@ -292,7 +292,8 @@ def main():
       "(13) to (12) and (15) to (14): nginx over the same protocol. (14) and (15) are h2load's "
       f"(`{meta.get('h2', '')}`, h2load {meta.get('h2load', '?')}): no percentiles, its mean time per request "
       "is in the table of the new scenarios below. (12) to (15) run over TLS with a self-signed P-256 "
-      "certificate, keep-alive (one handshake per connection).")
+      "certificate, keep-alive (one handshake per connection); (12) and (14) are one nginx, (13) and (15) one "
+      "session-proxy (and (17) is (5)'s), so they show the same peak RSS.")
     p("")
     p("Where the machine's CPU went, per request (medians of the rounds; µs of CPU time; the proxy's "
       "user and kernel time are medians each, so they need not add up to its total exactly):")
