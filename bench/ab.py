@@ -40,7 +40,7 @@ from report import yardstick  # bench/report.py: the same unit as a full run's r
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 TICK = os.sysconf("SC_CLK_TCK")
-PATHS = {4: "/plain/", 5: "/", 6: "/update/"}
+PATHS = {4: "/plain/", 5: "/", 6: "/write/"}  # /write/: an update that changes the session
 SESSION = '{"user":"bench","role":"tester"}'
 
 
@@ -156,11 +156,15 @@ def session_cookie(port):
     return None
 
 
-def wrk(url, seconds, cookie):
-    """The number of requests wrk made (its CPU time shows in `os.times()`'s children)."""
+def wrk(url, seconds, cookie, cookies_file=None):
+    """The number of requests wrk made (its CPU time shows in `os.times()`'s children). With
+    cookies_file, wrk cycles over its sessions (bench/cookies.lua), as run.sh's (6) does."""
     args = ["wrk", "-t2", "-c64", f"-d{seconds}s", url]
     if cookie:
         args[1:1] = ["-H", f"Cookie: {cookie}"]
+    if cookies_file:
+        args[1:1] = ["-s", os.path.join(BENCH, "cookies.lua")]
+        args += ["--", cookies_file, "2"]
     out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
     match = re.search(r"(\d+) requests in", out)
     if not match or "Non-2xx" in out:
@@ -217,9 +221,19 @@ def main():
             if sp and not cookie:
                 sys.exit("ab.py: session-proxy set no session cookie")
 
+        # (6) writes on every request: 256 sessions, as in run.sh, so the writes seldom meet
+        # (64 connections on one session mostly end in 503: run.sh's contention scenario).
+        cookies_file = None
+        if opts.scenario == 6 and cookie:
+            cookies_file = os.path.join(tmp, "cookies.txt")
+            with open(cookies_file, "w") as f:
+                for _ in range(256):
+                    f.write(session_cookie(ports[sp[0]]) + "\n")
+            cookie = None
+
         url = {n: f"http://127.0.0.1:{ports[n]}{PATHS[opts.scenario]}" for n in proxies}
         for n in proxies:
-            wrk(url[n], opts.warmup, cookie)
+            wrk(url[n], opts.warmup, cookie, cookies_file)
 
         rows = {"a": [], "b": []}
         print(f"scenario {opts.scenario}, {opts.rounds} rounds of {opts.duration} s each, A and B in turns")
@@ -231,7 +245,7 @@ def main():
                 proxy_pids = [proc.pid] + children(proc.pid)
                 p0, u0 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
                 w0 = os.times()
-                requests = wrk(url[n], opts.duration, cookie)
+                requests = wrk(url[n], opts.duration, cookie, cookies_file)
                 w1 = os.times()
                 p1, u1 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
                 per_req = 1e6 / requests

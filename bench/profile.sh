@@ -6,7 +6,8 @@
 # `perf stat -e instructions` is not supported on this kind of VM, and wall-clock sampling is
 # disturbed by anything else on the 2 cores; callgrind counts instructions exactly and
 # repeatably. For each scenario (numbers as in run.sh: 4 = session = false, 5 = session read
-# with a valid cookie, 6 = read + write, and the floor: 7 = examples/bare_proxy.rs, 8 = the
+# with a valid cookie, 6 = read + conditional write (/write/: a change on every response, one
+# session per connection), and the floor: 7 = examples/bare_proxy.rs, 8 = the
 # same waiting for one fred GET per request; callgrind only) it:
 #   - starts a redis-server, the upstream nginx (conf/nginx-upstream.conf) and session-proxy
 #     (conf/proxy.toml, RUST_LOG=warn) under `valgrind --tool=callgrind`;
@@ -114,9 +115,9 @@ fill "${PROXY_CONF:-$BENCH_DIR/conf/proxy.toml}" "$TMP/proxy.toml" "LISTEN_PORT=
 wait_port "$REDIS_PORT"
 wait_port "$UPSTREAM_PORT"
 
-requests() { # requests COUNT URL [COOKIE]: prints how many got 200
-    local args=("$2" "$1" --connections "$CONNECTIONS")
-    [[ -n "${3:-}" ]] && args+=(--cookie "$3")
+requests() { # requests COUNT URL [COOKIES]: prints how many got 200 (COOKIES: space-separated)
+    local args=("$2" "$1" --connections "$CONNECTIONS") c
+    for c in ${3:-}; do args+=(--cookie "$c"); done
     python3 "$BENCH_DIR/send_requests.py" "${args[@]}" 2>"$TMP/requests.err" || {
         log "requests to $2: $(cat "$TMP/requests.err")"
         echo 0
@@ -131,7 +132,7 @@ path_of() {
     case $1 in
         4) echo /plain/ ;;
         5) echo / ;;
-        6) echo /update/ ;;
+        6) echo /write/ ;;
         7 | 8) echo / ;;
         *) die "scenario $1: only 4 to 8 can be profiled" ;;
     esac
@@ -157,8 +158,17 @@ if [[ "${PROFILER:-callgrind}" == perf ]]; then
         [[ $n != 4 ]] && cookie="$(new_cookie)"
         [[ $n != 4 && -z "$cookie" ]] && die "scenario $n: session-proxy set no session cookie"
         args=(-t 2 -c 64 -d "$((${PERF_SECONDS:-10} + 4))s")
-        [[ -n "$cookie" ]] && args+=(-H "Cookie: $cookie")
-        wrk "${args[@]}" "http://127.0.0.1:$PROXY_PORT$path" >"$TMP/wrk.$n.txt" 2>&1 &
+        script_args=()
+        if [[ $n == 6 ]]; then
+            # Writes over 256 sessions, as run.sh's (6): one session under 64 connections
+            # would mostly measure conflicts.
+            for _ in $(seq 256); do new_cookie; done >"$TMP/cookies.txt"
+            args+=(-s "$BENCH_DIR/cookies.lua")
+            script_args=(-- "$TMP/cookies.txt" 2)
+        elif [[ -n "$cookie" ]]; then
+            args+=(-H "Cookie: $cookie")
+        fi
+        wrk "${args[@]}" "http://127.0.0.1:$PROXY_PORT$path" "${script_args[@]}" >"$TMP/wrk.$n.txt" 2>&1 &
         wrk_pid=$!
         sleep 2
         perf record -q -e cpu-clock -F 1999 -p "$sp" -o "$TMP/perf.$n.data" -- sleep "${PERF_SECONDS:-10}" \
@@ -205,9 +215,16 @@ for n in "${SCENARIOS[@]}"; do
     PIDS+=("$vg")
     wait_port "$PROXY_PORT"
     cookie=""
-    if [[ $n == 5 || $n == 6 ]]; then
+    if [[ $n == 5 ]]; then
         cookie="$(new_cookie)"
         [[ -n "$cookie" ]] || die "scenario $n: session-proxy set no session cookie"
+    elif [[ $n == 6 ]]; then
+        # A session per connection: every request is a conditional write that meets no other.
+        for _ in $(seq "$CONNECTIONS"); do
+            c="$(new_cookie)"
+            [[ -n "$c" ]] || die "scenario $n: session-proxy set no session cookie"
+            cookie="$cookie $c"
+        done
     fi
     url="http://127.0.0.1:$PROXY_PORT$path"
     requests "$WARM" "$url" "$cookie" >/dev/null

@@ -17,13 +17,26 @@ NAMES = {
     3: "Node proxy, session read (express-session + connect-redis, cluster x2)",
     4: "session-proxy, `session = false`",
     5: "session-proxy, session read (valid cookie)",
-    6: "session-proxy, read + write (update on every response)",
+    6: "session-proxy, read + write (update on every response, many sessions)",
     7: "floor: bare hyper proxy (`examples/bare_proxy.rs`)",
     8: "floor: bare hyper proxy + one fred GET per request",
+    9: "session-proxy, echo: the update is the session unchanged (no write)",
+    10: "session-proxy, contention: 64 connections patch one session (`x-session-patch`)",
+    11: "session-proxy, read + write with `session.index = \"/user/id\"` (index unchanged)",
+    12: "nginx over TLS, HTTP/1.1 (wrk)",
+    13: "session-proxy over TLS, HTTP/1.1, session read (wrk)",
+    14: "nginx over TLS, HTTP/2 (h2load)",
+    15: "session-proxy over TLS, HTTP/2, session read (h2load)",
+    16: "session-proxy, session read on a 3-master Redis Cluster",
+    17: "session-proxy, session read over 256 sessions on one Redis (16's client, like for like)",
 }
 #: Scenarios only measured with FLOOR=1.
 FLOOR_SCENARIOS = (7, 8)
 NGINX = 2
+#: What each scenario's "vs nginx" columns compare with: nginx over the same protocol.
+BASE = {13: 12, 15: 14}
+#: Scenarios whose client is h2load (no latency percentiles).
+H2 = (14, 15)
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 MIB = 1024.0
 #: Above this share of the machine spent outside the benchmark's own processes, a run is
@@ -48,18 +61,51 @@ def parse_wrk(path):
     return r
 
 
+def parse_h2load(path):
+    """h2load's summary: req/s over the measured time, requests done, non-2xx (3xx counts as
+    2xx does with wrk), and failed/errored/timeout requests in the socket-error slots."""
+    text = open(path, errors="replace").read()
+    r = {"text": text, "p50": None, "p75": None, "p90": None, "p99": None}
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", text)
+    r["requests"] = int(m.group(3)) if m else 0
+    r["sock"] = (0, int(m.group(6)), int(m.group(5)), int(m.group(7))) if m else (0, 0, 0, 0)
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    r["non2xx"] = int(m.group(3)) + int(m.group(4)) if m else 0
+    m = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", text)
+    r["mean"] = float(m.group(5)) * UNITS[m.group(6)] if m else None
+    return r
+
+
+def parse_metrics(path):
+    """Counter samples of a /metrics snapshot: {'name{labels}': value}."""
+    values = {}
+    if not path:
+        return values
+    try:
+        for line in open(path):
+            parts = line.split()
+            if len(parts) == 2 and not line.startswith("#"):
+                values[parts[0]] = float(parts[1])
+    except OSError:
+        pass
+    return values
+
+
 def parse_redis(path):
     """Calls per command (not counting run.sh's own CONFIG and INFO), and the socket reads
-    Redis made (None when not recorded)."""
+    Redis made (None when not recorded); summed over the nodes of a cluster."""
     calls, reads = {}, None
     try:
         for line in open(path):
             m = re.match(r"cmdstat_(\w+):calls=(\d+)", line.strip())
             if m and m.group(1) not in ("config", "info"):
-                calls[m.group(1)] = int(m.group(2))
+                calls[m.group(1)] = calls.get(m.group(1), 0) + int(m.group(2))
             m = re.match(r"total_reads_processed:(\d+)", line.strip())
             if m:
-                reads = int(m.group(1))
+                reads = (reads or 0) + int(m.group(1))
     except OSError:
         pass
     return calls, reads
@@ -102,9 +148,12 @@ def main():
     runs = {}
     lines = open(args.runs).read().splitlines()[1:]
     for line in lines:
-        (n, rnd, wrk_file, p, u, rd, busy, total, redis_file, alive, wrk_cpu, p_user) = line.split("\t")
+        (n, rnd, wrk_file, p, u, rd, busy, total, redis_file, alive, wrk_cpu, p_user,
+         m_before, m_after, tool) = line.split("\t")
         n = int(n)
-        w = parse_wrk(wrk_file)
+        w = parse_h2load(wrk_file) if tool == "h2load" else parse_wrk(wrk_file)
+        m0, m1 = parse_metrics(m_before), parse_metrics(m_after)
+        w["metrics"] = {k: v - m0.get(k, 0.0) for k, v in m1.items()} if m_after else None
         redis_calls, redis_reads = parse_redis(redis_file)
         req = w["requests"] or 1
         w.update(
@@ -168,24 +217,32 @@ def main():
                 cmd: statistics.median(r["redis"].get(cmd, 0) / max(r["requests"], 1) for r in good)
                 for cmd in sorted({c for r in good for c in r["redis"]})
             },
+            "cmds_total": median_or_none(sum(r["redis"].values()) / max(r["requests"], 1) for r in good),
+            # /metrics counters per request (only the scenarios with an admin listener).
+            "metrics": {
+                key: statistics.median(r["metrics"].get(key, 0.0) / max(r["requests"], 1) for r in good)
+                for key in sorted({k for r in good if r["metrics"] for k in r["metrics"]})
+            },
+            "mean": med_run.get("mean"),
             # Commands per socket read: 1 when every command comes in a write of its own.
             "redis_batch": median_or_none(sum(r["redis"].values()) / r["redis_reads"]
                                           for r in good if r["redis_reads"] and r["redis"]),
         }
-    ng = rows.get(NGINX)
-
-    def ratio(n, key):
+    def ratio(n, key, base=None):
+        base = base or BASE.get(n, NGINX)
+        ng = rows.get(base)
         if n not in rows or not ng or rows[n][key] is None or not ng[key]:
             return None
         return rows[n][key] / ng[key]
 
-    def paired(n, key):
+    def paired(n, key, base=None):
         """The median over rounds of scenario n's `key` against nginx's in the same round: the
         two ran seconds apart, so the host's drift between rounds cancels out."""
-        if n not in runs or NGINX not in runs:
+        base = base or BASE.get(n, NGINX)
+        if n not in runs or base not in runs:
             return None
         ours = {r["round"]: r for r in runs[n] if r["rps"] is not None}
-        theirs = {r["round"]: r for r in runs[NGINX] if r["rps"] is not None}
+        theirs = {r["round"]: r for r in runs[base] if r["rps"] is not None}
         return median_or_none(ours[k][key] / theirs[k][key] for k in ours if k in theirs and theirs[k][key])
 
     def adjusted_rps(n):
@@ -209,7 +266,10 @@ def main():
     p("| # | scenario | req/s median | min – max | vs nginx | p50 | p99 | proxy CPU/req | vs nginx | peak RSS | vs nginx | non-2xx | socket errors |")
     p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     floor = meta.get("floor") == "1"
-    shown = [n for n in NAMES if floor or n not in FLOOR_SCENARIOS]
+    if meta.get("scenarios"):
+        shown = sorted(int(x) for x in meta["scenarios"].split())
+    else:
+        shown = [n for n in NAMES if (floor or n not in FLOOR_SCENARIOS) and n <= 8]
     for n in shown:
         skip = meta.get(f"skip{n}")
         if n not in rows:
@@ -228,7 +288,12 @@ def main():
     p("req/s: median of the rounds (min – max beside it). p50/p99: wrk's latency distribution of the median run. "
       "Proxy CPU/req: utime+stime of all the proxy's processes (nginx master+workers, node primary+workers, "
       "session-proxy's one process) over the measured run, divided by its requests; median of the rounds. "
-      "Peak RSS: VmHWM at the end of the run, summed over the proxy's processes. Ratios are to (2).")
+      "Peak RSS: VmHWM at the end of the run, summed over the proxy's processes. Ratios are to (2), except "
+      "(13) to (12) and (15) to (14): nginx over the same protocol. (14) and (15) are h2load's "
+      f"(`{meta.get('h2', '')}`, h2load {meta.get('h2load', '?')}): no percentiles, its mean time per request "
+      "is in the table of the new scenarios below. (12) to (15) run over TLS with a self-signed P-256 "
+      "certificate, keep-alive (one handshake per connection); (12) and (14) are one nginx, (13) and (15) one "
+      "session-proxy (and (17) is (5)'s), so they show the same peak RSS.")
     p("")
     p("Where the machine's CPU went, per request (medians of the rounds; µs of CPU time; the proxy's "
       "user and kernel time are medians each, so they need not add up to its total exactly):")
@@ -272,6 +337,79 @@ def main():
           f"| {fmt_ratio(ratio(n, 'cpu_yard'))} | {fmt_ratio(paired(n, 'rps'))} | {fmt_ratio(paired(n, 'proxy_us'))} |")
     p("")
 
+    def conflicts(n):
+        """{outcome: per request} from the proxy's /metrics, or None without them."""
+        if n not in rows or not rows[n]["metrics"]:
+            return None
+        out = {}
+        for key, v in rows[n]["metrics"].items():
+            m = re.match(r'session_proxy_session_conflicts_total\{outcome="(\w+)"\}', key)
+            if m:
+                out[m.group(1)] = v
+        return out
+
+    def ops(n):
+        """{operation: per request}: the store operations the proxy made (its /metrics), or None."""
+        if n not in rows or not rows[n]["metrics"]:
+            return None
+        out = {}
+        for key, v in rows[n]["metrics"].items():
+            m = re.match(r'session_proxy_store_command_duration_seconds_count\{command="(\w+)"\}', key)
+            if m and v >= 0.0005:
+                out[m.group(1)] = v
+        return out
+
+    def fmt_ops(n):
+        o = ops(n)
+        if o is None:
+            return "-"
+        return f"{sum(o.values()):.2f}: " + (", ".join(f"{k} {v:.2f}" for k, v in sorted(o.items())) or "none")
+
+    def metric(n, prefix):
+        if n not in rows or not rows[n]["metrics"]:
+            return None
+        return sum(v for k, v in rows[n]["metrics"].items() if k.startswith(prefix))
+
+    def fmt_conflicts(n):
+        c = conflicts(n)
+        if c is None:
+            return "-"
+        return ", ".join(f"{o} {v:.3f}" for o, v in sorted(c.items())) or "none"
+
+    new = [n for n in (5, 6, 9, 10, 11, 12, 13, 14, 15, 16, 17) if n in shown]
+    if any(n >= 9 for n in new):
+        p("## Session writes, index, TLS and cluster (issues 23, 24, 26, 27)")
+        p("")
+        p("| # | scenario | req/s | vs | p99 (h2load: mean) | proxy CPU/req | vs | store operations/req (the proxy's) | "
+          "Redis commands/req (scripts' inside included) | conflicts/req by outcome | writes skipped/req | non-2xx |")
+        p("|---|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|")
+        for n in new:
+            if n not in rows:
+                p(f"| {n} | {NAMES[n]} | not run: {meta.get(f'skip{n}') or 'no successful run'} | | | | | | | | | |")
+                continue
+            r = rows[n]
+            base = 5 if n in (16, 17) else BASE.get(n, NGINX)
+            lat = fmt_ms(r["mean"]) + " (mean)" if n in H2 else fmt_ms(r["p99"])
+            cmds = ", ".join(f"{c.upper()} {v:.2f}" for c, v in r["redis"].items() if v >= 0.005) or "none"
+            total = "-" if r["cmds_total"] is None else f"{r['cmds_total']:.2f}"
+            skipped = metric(n, "session_proxy_session_writes_skipped")
+            cpu = "-" if r["cpu"] is None else f"{r['cpu']:.1f} µs"
+            p(f"| {n} | {NAMES[n]} | {r['rps']:,.0f} | {fmt_ratio(ratio(n, 'rps', base))} of ({base}) | {lat} | {cpu} "
+              f"| {fmt_ratio(ratio(n, 'cpu', base))} | {fmt_ops(n)} | {total}: {cmds} | {fmt_conflicts(n)} "
+              f"| {'-' if skipped is None else f'{skipped:.2f}'} | {r['non2xx']} |")
+        p("")
+        p("Store operations per request: what the proxy sent, from its `/metrics` (the count of "
+          "`session_proxy_store_command_duration_seconds` by command; `replace_if` is the conditional write, one "
+          "`EVALSHA`; `index_*` the index's). Redis commands per request: `INFO commandstats` over the measured "
+          "run (all three masters for (16)), which also counts the `GET` and `SET` that the write script runs "
+          "inside Redis: one conditional write shows as `EVALSHA` + `GET` + `SET`. Conflicts and skipped writes: "
+          "the proxy's `/metrics` (`session_proxy_session_conflicts_total{outcome}`, "
+          "`session_proxy_session_writes_skipped_total`), all read before and after the run, per request; '-' "
+          "where the proxy has no admin listener. (6), (11) and (16) cycle over many sessions (4 per connection by default; wrk cycles over "
+          "them, `bench/cookies.lua`), so their writes seldom meet; (10) has all 64 connections on one session: "
+          "a conflict is merged and written again, and after 5 tries answered with 503 (`exhausted`).")
+        p("")
+
     idle = {}
     try:
         idle = json.load(open(args.idle))
@@ -295,7 +433,9 @@ def main():
         p(f"- failed: {idle or 'no output'}")
     p("")
 
-    p("## Targets (issue 5)")
+    p("## Targets")
+    p("")
+    p("Issue 5:")
     p("")
 
     def target(label, ok, detail):
@@ -339,6 +479,75 @@ def main():
                f"{mib:.1f} MiB holding {idle['held']:,}")
     else:
         target("< 64 MiB RSS with 10,000 idle connections", None, "not measured")
+    p("")
+    p("")
+    p("Issues 23, 24, 26, 27:")
+    p("")
+    if have(6, 2):
+        r6 = rows[6]
+        p(f"- (6) with the conditional write: {fmt_ratio(ratio(6, 'rps'))} of nginx's req/s (target above); "
+          f"store operations per request {fmt_ops(6)} (Redis: {r6['cmds_total']:.2f}: "
+          + ", ".join(f"{c.upper()} {v:.2f}" for c, v in r6["redis"].items() if v >= 0.005)
+          + f"); conflicts per request: {fmt_conflicts(6)}")
+    if have(9):
+        # Both counts: what the proxy sent, and what Redis ran (no script call hides in it).
+        t = rows[9]["cmds_total"]
+        o = ops(9)
+        ok = t is not None and abs(t - 1.0) <= 0.01 and (o is None or abs(sum(o.values()) - 1.0) <= 0.01)
+        target("(9) echo: exactly 1 store command per request", ok,
+               f"the proxy's store operations per request {fmt_ops(9)}; Redis: {t:.3f} ("
+               + ", ".join(f"{c.upper()} {v:.3f}" for c, v in rows[9]["redis"].items())
+               + f"); writes skipped per request {metric(9, 'session_proxy_session_writes_skipped') or 0:.3f}")
+    else:
+        target("(9) echo: exactly 1 store command per request", None, meta.get("skip9") or "not measured")
+    if have(10):
+        r10 = rows[10]
+        bad = f"; {r10['non2xx']} non-2xx responses" if r10["non2xx"] else "; no non-2xx response"
+        p(f"- (10) contention, reported (no target): {r10['rps']:,.0f} req/s ({fmt_ratio(ratio(10, 'rps'))} of nginx), "
+          f"p99 {fmt_ms(r10['p99'])}, conflicts per request {fmt_conflicts(10)}, "
+          f"store operations per request {fmt_ops(10)}{bad}")
+    else:
+        target("(10) contention", None, meta.get("skip10") or "not measured")
+    if have(11, 6) and ops(11) is not None and ops(6) is not None:
+        # Per request, both make one read and one conditional write, plus one more write per
+        # merged conflict (a retry); with the index, nothing else.
+        o11, o6 = ops(11), ops(6)
+        c11, c6 = (conflicts(11) or {}).get("merged", 0.0), (conflicts(6) or {}).get("merged", 0.0)
+        extra = sum(v for k, v in o11.items() if k not in o6)
+        writes11 = o11.get("replace_if", 0.0) - c11
+        writes6 = o6.get("replace_if", 0.0) - c6
+        reads = sum(o11.get(k, 0.0) - o6.get(k, 0.0) for k in ("get", "getex"))
+        target("(11) session.index: no extra store command per write that keeps the indexed value",
+               extra < 0.005 and abs(reads) < 0.005 and writes11 - writes6 < 0.01,
+               f"with index {fmt_ops(11)}, without ((6)) {fmt_ops(6)}; operations (6) does not make: {extra:.3f} per "
+               f"request; conditional writes less merged conflicts: {writes11:.3f} against {writes6:.3f}; "
+               f"Redis commands {rows[11]['cmds_total']:.2f} against {rows[6]['cmds_total']:.2f}; "
+               f"req/s {rows[11]['rps']:,.0f} against {rows[6]['rps']:,.0f} ({rows[11]['rps'] / rows[6]['rps']:.2f}x)")
+    else:
+        target("(11) session.index: no extra store command", None, meta.get("skip11") or "not measured")
+    for n, b, label in ((13, 12, "HTTPS HTTP/1.1"), (15, 14, "HTTP/2 over TLS")):
+        if have(n, b):
+            rr = ratio(n, "rps")
+            target(f"({n}) {label} >= 0.8x nginx's req/s ({b})", rr >= 0.8,
+                   f"{rr:.2f}x ({rows[n]['rps']:,.0f} against {rows[b]['rps']:,.0f}); paired {fmt_ratio(paired(n, 'rps'))}; "
+                   f"proxy CPU per request {rows[n]['cpu']:.1f} µs against {rows[b]['cpu']:.1f} µs "
+                   f"({fmt_ratio(ratio(n, 'cpu'))})")
+        else:
+            target(f"({n}) {label} >= 0.8x nginx's req/s ({b})", None,
+                   meta.get(f"skip{n}") or meta.get(f"skip{b}") or "not measured")
+    if have(16, 5):
+        rr = ratio(16, "rps", 5)
+        like = ""
+        if have(17):
+            like = (f"; like for like, against (17) (the same wrk script and as many sessions on one Redis): "
+                    f"{ratio(16, 'rps', 17):.2f}x, paired {fmt_ratio(paired(16, 'rps', 17))}, proxy CPU per request "
+                    f"{fmt_ratio(ratio(16, 'cpu', 17))}")
+        target("(16) session reads on a 3-master Redis Cluster >= 0.9x (5)", rr >= 0.9,
+               f"{rr:.2f}x ({rows[16]['rps']:,.0f} against {rows[5]['rps']:,.0f}); paired {fmt_ratio(paired(16, 'rps', 5))}"
+               + like)
+    else:
+        target("(16) session reads on a 3-master Redis Cluster >= 0.9x (5)", None,
+               meta.get("skip16") or "not measured")
     p("")
     if have(2, 4, 7):
         p("What bounds (4) and (5): the floor, the same crates and threads doing nothing but forward "

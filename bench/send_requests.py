@@ -3,8 +3,9 @@
 bench/profile.sh (wrk has no request count: its threads can stop early, but wrk still waits
 out the whole duration).
 
-Usage: send_requests.py URL COUNT [--connections 8] [--cookie 'name=value']
-Prints the number of 200 responses; the others are counted on stderr. Exit code 1 when any
+Usage: send_requests.py URL COUNT [--connections 8] [--cookie 'name=value' ...]
+With several --cookie, connection i sends the (i mod n)-th: one session per connection, so
+writes never meet a concurrent write of their session. Prints the number of 200 responses; the others are counted on stderr. Exit code 1 when any
 response was not 200 or a connection failed.
 """
 
@@ -42,19 +43,18 @@ async def main():
     ap.add_argument("url")
     ap.add_argument("count", type=int)
     ap.add_argument("--connections", type=int, default=8)
-    ap.add_argument("--cookie", default="")
+    ap.add_argument("--cookie", action="append", default=[])
     a = ap.parse_args()
     u = urlsplit(a.url)
     path = u.path or "/"
     if u.query:
         path += "?" + u.query
-    request = f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nUser-Agent: send-requests\r\n"
-    if a.cookie:
-        request += f"Cookie: {a.cookie}\r\n"
-    request = (request + "\r\n").encode()
+    head = f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nUser-Agent: send-requests\r\n"
+    cookies = a.cookie or [""]
+    requests = [(head + (f"Cookie: {c}\r\n" if c else "") + "\r\n").encode() for c in cookies]
     quota, results = [a.count], {}
     outcomes = await asyncio.gather(
-        *(worker(u.hostname, u.port or 80, request, quota, results) for _ in range(a.connections)),
+        *(worker(u.hostname, u.port or 80, requests[i % len(requests)], quota, results) for i in range(a.connections)),
         return_exceptions=True,
     )
     failures = [o for o in outcomes if isinstance(o, BaseException)]

@@ -5,7 +5,8 @@ Runs an instrumented session-proxy (built with -Cprofile-generate) through a mix
 requests a production proxy sees, so that the profile it writes at exit says which code is hot:
 
 - plain HTTP/1.1 keep-alive on a `session = false` route and on session routes: no cookie,
-  a valid cookie (a store read), an update on the response (a read and a write), a new id
+  a valid cookie (a store read), an update on the response (equal to the session: a read;
+  changing it: a read and a conditional write), a new id
   (regenerate), a destroyed session, a forged or stale cookie; GET, HEAD and POST with a
   Content-Length or a chunked body; small, large and chunked responses; upgraded
   connections (bytes both ways through the tunnel); the admin endpoints; the same mix on the
@@ -24,6 +25,7 @@ failing requests would optimise the wrong code.
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -35,6 +37,8 @@ import tempfile
 import time
 
 SESSION = b'{"user":"train","role":"tester"}'
+# The counter of the /write/ updates, so each one changes the session.
+WRITES = itertools.count()
 SMALL = b"hello from the upstream\n"
 BIG = b"x" * (64 * 1024)
 
@@ -99,7 +103,11 @@ async def upstream(reader, writer):
                 return
             extra, body, chunked = [], SMALL, False
             if b"/update/" in path:
-                extra.append(b"x-session-update: " + SESSION)
+                extra.append(b"x-session-update: " + SESSION)  # equal to the session: no write
+            elif b"/write/" in path:
+                # A change on every response: a real conditional write (and, when clients
+                # share a session, the merge after a conflict).
+                extra.append(b"x-session-update: " + SESSION[:-1] + b',"n":%d}' % next(WRITES))
             elif path.endswith(b"/login"):
                 extra += [b"x-session-update: " + SESSION, b"x-session-regenerate: 1"]
             elif path.endswith(b"/logout"):
@@ -134,6 +142,8 @@ def mix(cookie, stale):
         (b"HEAD", b"/", cookie, b"", False),
         (b"GET", b"/update/", cookie, b"", False),
         (b"POST", b"/update/", cookie, post, True),
+        (b"GET", b"/write/", cookie, b"", False),
+        (b"GET", b"/write/", cookie, b"", False),
         (b"GET", b"/chunked", cookie, b"", False),
         (b"GET", b"/", None, b"", False),
         (b"GET", b"/", stale, b"", False),
@@ -158,7 +168,9 @@ async def client(port, tls, rounds, cookie, stale, failures):
                 start, headers = await read_head(reader)
                 if method != b"HEAD":
                     await read_body(reader, headers)
-                if start.split(b" ")[1] != b"200":
+                # Clients share one session: a write can meet 5 conflicting ones in a row (503).
+                allowed = (b"200", b"503") if path == b"/write/" else (b"200",)
+                if start.split(b" ")[1] not in allowed:
                     failures.append(f"{method.decode()} {path.decode()}: {start.decode()}")
                     return
     finally:

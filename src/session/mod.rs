@@ -23,7 +23,7 @@ pub(crate) mod index;
 pub(crate) mod json;
 pub(crate) mod protocol;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
@@ -156,8 +156,13 @@ enum Requested {
 enum Edit<'a> {
     /// Nothing: a regenerate moves the session as it is.
     None,
-    /// What the response changed against what its upstream was sent.
-    Change(Change),
+    /// What the response (`update`) changed against what its upstream was `sent`: worked out
+    /// at the first conflict, as most writes meet none.
+    Change {
+        sent: JsObject,
+        update: &'a JsObject,
+        change: OnceLock<Change>,
+    },
     Patch(&'a JsObject),
 }
 
@@ -166,7 +171,9 @@ impl Edit<'_> {
     fn apply(&self, current: &mut JsObject) -> bool {
         match self {
             Edit::None => false,
-            Edit::Change(change) => change.apply(current),
+            Edit::Change { sent, update, change } => {
+                change.get_or_init(|| Change::between(sent, update)).apply(current)
+            }
             Edit::Patch(patch) => current.merge_patch(patch),
         }
     }
@@ -475,7 +482,7 @@ impl SessionLayer {
                 if text.as_bytes() == live.sent || *object == sent {
                     (None, Edit::None)
                 } else {
-                    (Some(text.clone()), Edit::Change(Change::between(&sent, object)))
+                    (Some(text.clone()), Edit::Change { sent, update: object, change: OnceLock::new() })
                 }
             }
             Requested::Patch(patch) => {
