@@ -303,11 +303,15 @@ async fn master_killed_replica_promoted_no_acknowledged_write_lost() {
         .iter()
         .filter(|(_, s, c)| *s == StatusCode::SERVICE_UNAVAILABLE && !victim_keys.contains(c))
         .count();
-    eprintln!("{elsewhere} of the 503s were for sessions on the surviving masters");
+    let surviving = statuses.iter().filter(|(_, _, c)| !victim_keys.contains(c)).count();
+    eprintln!("{elsewhere} of the 503s were for sessions on the surviving masters ({surviving} requests)");
     let other = statuses.len() - served - refused;
     eprintln!("{served} acknowledged, {refused} got 503, {other} other");
     assert_eq!(other, 0, "only 2xx or 503 during a failover");
     assert!(refused > 0, "writes on the lost master were refused");
+    // The clustered client reconnects to every node; the surviving masters' sessions wait for
+    // that (moments) rather than failing at once: few of their requests get 503.
+    assert!(elsewhere * 10 < surviving, "{elsewhere} of {surviving} requests on surviving masters got 503");
     check_ledger(&env, &ledger).await;
 
     // Keys of the lost master's slots are served by the promoted replica: reads work, and
