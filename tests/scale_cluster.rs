@@ -121,6 +121,41 @@ async fn lifecycle_over_every_master_and_two_proxies() {
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     assert_eq!(cluster.get(&key(&cookies[3])), "");
 
+    // The session index on a cluster: a user's set and their sessions live in other slots.
+    let indexed = AppEnv::start_on(
+        Backend::Url(cluster.url()),
+        "timeout_ms = 1000",
+        "admin_token = \"t0ken\"",
+        "index = \"/user/id\"",
+        ROUTES,
+    )
+    .await;
+    wait_ready(&indexed, StatusCode::OK, Duration::from_secs(10)).await;
+    let mut devices = Vec::new();
+    for _ in 0..3 {
+        devices.push(indexed.create(r#"{"user":{"id":"u1"}}"#).await);
+    }
+    // A regenerate moves a device's session to a new id (and slot): the set follows.
+    let answer = indexed.call(Some(&devices[0]), &[("x-want-regenerate", "1")]).await;
+    devices[0] = answer.new_cookie().expect("a regenerate sets a new cookie");
+    let listed = indexed.admin(http::Method::GET, "/index/u1", auth).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let mut ids: Vec<String> = listed.json()["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = devices.iter().map(|c| session_id(c).unwrap()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    let revoked = indexed.admin(http::Method::DELETE, "/index/u1", auth).await;
+    assert_eq!(revoked.json()["revoked"], 3, "{}", revoked.body);
+    for device in &devices {
+        assert_eq!(indexed.call(Some(device), &[]).await.seen(), "{}", "logged out everywhere");
+    }
+
     // A plain redis:// URL at a cluster node: never ready, with the reason.
     let plain = proxy_on(&format!("redis://127.0.0.1:{}", cluster.nodes[0].port), "").await;
     wait_named_cluster(&plain).await;
