@@ -158,7 +158,15 @@ fn load_and_check(path: &Path) -> Result<session_proxy::Config, Box<dyn std::err
 fn init_logging(default_level: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // rustls warns once per TLS connection about what the client sent (an IP address as SNI,
+    // as wrk and some load balancers send): any client could fill the log. Its errors stay,
+    // and a RUST_LOG that names rustls decides for itself.
+    if !std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains("rustls")) {
+        if let Ok(quiet) = "rustls=error".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
