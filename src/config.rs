@@ -1045,7 +1045,7 @@ fn store_url(url: &str) -> Result<StoreUrl, String> {
     if !sentinel && has_param("sentinelServiceName") {
         return Err(format!("sentinelServiceName is only for redis-sentinel:// URLs, not {scheme}://"));
     }
-    crate::store::redis::check_url(url)?;
+    crate::redis_url::check_url(url)?;
     Ok(StoreUrl::Redis(url.to_owned()))
 }
 

@@ -25,6 +25,8 @@
 //! - [`config`]: `proxy.toml` → validated runtime types (`${VAR}` expansion, unknown keys
 //!   rejected).
 //! - `io_error`: I/O errors in plain words for the messages people read; a leaf.
+//! - `redis_url`: the Redis `store.url` as fred reads it, for the config's check and the
+//!   Redis store; a leaf.
 //!
 //! The binary (`src/main.rs`) parses arguments, loads the config, starts logging, installs
 //! mimalloc as its global allocator (`src/alloc.rs`) and calls [`Server`].
@@ -42,6 +44,7 @@ mod admission;
 mod boxed;
 mod io_error;
 mod proxy;
+mod redis_url;
 mod route;
 mod session;
 

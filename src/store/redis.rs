@@ -35,7 +35,6 @@
 //!
 //! Nothing here logs a URL, a key (keys hold session ids), a value or a password.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -65,6 +64,7 @@ use super::compared::Compared;
 use super::error::StoreError;
 use crate::boxed::pin_in_place;
 use crate::config::StoreConfig;
+use crate::redis_url::split_tls_scheme;
 
 /// First reconnect delay after a connection is lost or cannot be made.
 const RECONNECT_MIN_DELAY_MS: u32 = 100;
@@ -166,13 +166,6 @@ impl WrongTopology {
     fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-}
-
-/// Checks a Redis `store.url` the way [`RedisStore::connect`] reads it (fred's
-/// `Config::from_url`), for `--check` and config loading. The reason never quotes the URL.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let (plain_url, _tls) = split_tls_scheme(url);
-    FredConfig::from_url(&plain_url).map(|_| ()).map_err(|err| format!("is not valid: {}", err.details()))
 }
 
 /// The Redis store. Clones share the pool.
@@ -916,21 +909,6 @@ fn ttl_arg(secs: u64) -> Result<i64, StoreError> {
     i64::try_from(secs).map_err(|_| StoreError::Command("ERR invalid expire time (out of range)".to_owned()))
 }
 
-/// `rediss…://` becomes `redis…://` plus a TLS flag, so fred's URL parser does not build its own
-/// TLS setup: it would load the system roots itself, fail on any unreadable one, and use the
-/// process-wide rustls provider (which panics when none or several are available). Ours comes
-/// from [`tls_client_config`].
-fn split_tls_scheme(url: &str) -> (Cow<'_, str>, bool) {
-    match url.split_once("://") {
-        Some((scheme, rest)) if scheme.to_ascii_lowercase().starts_with("rediss") => {
-            // "rediss", "rediss-cluster", "rediss-sentinel" -> drop the second 's'.
-            let plain = format!("redis{}://{rest}", &scheme["rediss".len()..]);
-            (Cow::Owned(plain), true)
-        }
-        _ => (Cow::Borrowed(url), false),
-    }
-}
-
 /// The rustls client configuration for `rediss://`: the system's trusted roots plus the PEM
 /// certificates in `ca_file`, with the ring provider passed explicitly so no process-wide
 /// provider is needed. Runs once at startup (blocking file reads are acceptable there).
@@ -1125,17 +1103,6 @@ mod tests {
     }
 
     #[test]
-    fn tls_schemes_are_split() {
-        assert_eq!(
-            split_tls_scheme("rediss://default:t@h:6379"),
-            (Cow::Borrowed("redis://default:t@h:6379"), true)
-        );
-        assert_eq!(split_tls_scheme("rediss-cluster://h:1"), (Cow::Borrowed("redis-cluster://h:1"), true));
-        assert_eq!(split_tls_scheme("redis://h:1"), (Cow::Borrowed("redis://h:1"), false));
-        assert_eq!(split_tls_scheme("nonsense"), (Cow::Borrowed("nonsense"), false));
-    }
-
-    #[test]
     fn errors_are_classified() {
         use Failure::*;
         assert_eq!(classify(&ErrorKind::Timeout, true), Timeout);
@@ -1203,7 +1170,7 @@ mod tests {
             "rediss-sentinel://:hunter2@h:26379?node=h:x&sentinelServiceName=m",
             "redis-sentinel://h:26379?sentinelServiceName=m&sentinelPassword=hunter2&node=h:notaport",
         ] {
-            let checked = check_url(url).expect_err(url);
+            let checked = crate::redis_url::check_url(url).expect_err(url);
             assert!(!checked.contains("hunter2"), "{checked}");
             let err = match RedisStore::connect(url, &config(url)) {
                 Err(err) => err,
