@@ -8,10 +8,9 @@ mod common;
 
 use std::collections::HashSet;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::app::{AppEnv, Backend};
+use common::app::{AppEnv, Backend, Load};
 use common::faults::session_id;
 use common::redis_topology::{Cluster, Node};
 use http::StatusCode;
@@ -176,61 +175,6 @@ async fn wait_named_cluster(env: &AppEnv) {
             "/readyz never named the cluster: {status} {body}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Load on a set of sessions: each worker patches its sessions in turn with a fresh key and
-/// reads them; every answer's status is counted, and every patch that got a 2xx is in the
-/// ledger (cookie, patched key).
-struct Load {
-    ledger: Arc<Mutex<Vec<(String, String)>>>,
-    statuses: Arc<Mutex<Vec<(Instant, StatusCode, String)>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(env: &AppEnv, cookies: &[String], workers: usize) -> Load {
-        let ledger = Arc::new(Mutex::new(Vec::new()));
-        let statuses = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let tasks = (0..workers)
-            .map(|w| {
-                let url = env.proxy.url("/app");
-                let mine: Vec<String> = cookies.iter().skip(w).step_by(workers).cloned().collect();
-                let (ledger, statuses, stop) = (ledger.clone(), statuses.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let mut n = 0u64;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        for cookie in &mine {
-                            n += 1;
-                            let field = format!("w{w}n{n}");
-                            let req = http::Request::get(&url)
-                                .header("cookie", cookie)
-                                .header("x-patch-add", &field)
-                                .body(common::empty())
-                                .unwrap();
-                            let answer = common::app::send(req).await;
-                            statuses.lock().unwrap().push((Instant::now(), answer.status, cookie.clone()));
-                            if answer.status.is_success() {
-                                ledger.lock().unwrap().push((cookie.clone(), field));
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { ledger, statuses, stop, tasks }
-    }
-
-    async fn finish(self) -> (Vec<(String, String)>, Vec<(Instant, StatusCode, String)>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for task in self.tasks {
-            tokio::time::timeout(Duration::from_secs(30), task).await.expect("load ends").unwrap();
-        }
-        let ledger = std::mem::take(&mut *self.ledger.lock().unwrap());
-        let statuses = std::mem::take(&mut *self.statuses.lock().unwrap());
-        (ledger, statuses)
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::app::{AppEnv, Backend};
+use common::app::{AppEnv, Backend, Load};
 use common::faults::session_id;
 use common::redis_topology::Sentinel;
 use http::StatusCode;
@@ -67,32 +67,7 @@ async fn lifecycle_then_failover_followed_without_restart_and_no_acknowledged_wr
     for _ in 0..10 {
         cookies.push(env.create("{}").await);
     }
-    let url = env.proxy.url("/app");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (cookies, stop) = (cookies.clone(), stop.clone());
-        tokio::spawn(async move {
-            let (mut ledger, mut statuses) = (Vec::new(), Vec::new());
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                for cookie in &cookies {
-                    n += 1;
-                    let field = format!("f{n}");
-                    let req = http::Request::get(&url)
-                        .header("cookie", cookie)
-                        .header("x-patch-add", &field)
-                        .body(common::empty())
-                        .unwrap();
-                    let answer = common::app::send(req).await;
-                    statuses.push(answer.status);
-                    if answer.status.is_success() {
-                        ledger.push((cookie.clone(), field));
-                    }
-                }
-            }
-            (ledger, statuses)
-        })
-    };
+    let load = Load::start(&env, &cookies, 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let old_master = sentinel.master.port;
     sentinel.master.kill();
@@ -102,12 +77,10 @@ async fn lifecycle_then_failover_followed_without_restart_and_no_acknowledged_wr
     assert_eq!(sentinel.master_port(), Some(sentinel.replica.port), "Sentinel promoted the replica");
     assert_ne!(sentinel.replica.port, old_master);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ledger, statuses) =
-        tokio::time::timeout(Duration::from_secs(30), load).await.expect("load ends").unwrap();
+    let (ledger, statuses) = load.finish().await;
 
-    let served = statuses.iter().filter(|s| s.is_success()).count();
-    let refused = statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count();
+    let served = statuses.iter().filter(|(_, s, _)| s.is_success()).count();
+    let refused = statuses.iter().filter(|(_, s, _)| *s == StatusCode::SERVICE_UNAVAILABLE).count();
     eprintln!("{served} acknowledged, {refused} got 503, of {}", statuses.len());
     assert_eq!(served + refused, statuses.len(), "only 2xx or 503 during a failover");
     assert!(served > 0);

@@ -478,11 +478,15 @@ impl SessionLayer {
             Requested::Replace { text, object } => {
                 // An update that equals (as a JSON value) what the upstream was sent: legacy
                 // apps often echo the whole session on every response.
-                let sent = Js::parse_object(&live.sent).unwrap_or_default();
-                if text.as_bytes() == live.sent || *object == sent {
+                if text.as_bytes() == live.sent {
                     (None, Edit::None)
                 } else {
-                    (Some(text.clone()), Edit::Change { sent, update: object, change: OnceLock::new() })
+                    let sent = Js::parse_object(&live.sent).unwrap_or_default();
+                    if *object == sent {
+                        (None, Edit::None)
+                    } else {
+                        (Some(text.clone()), Edit::Change { sent, update: object, change: OnceLock::new() })
+                    }
                 }
             }
             Requested::Patch(patch) => {

@@ -1,8 +1,8 @@
 //! A scripted app for the session tests: what it answers is set by the request's headers, and a
 //! request can be held in it until the test lets it go.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -286,4 +286,60 @@ pub async fn send(req: Request<TestBody>) -> Answer {
 /// The Redis key of the session behind `cookie`.
 pub fn key(cookie: &str) -> String {
     format!("_session:{}", session_id(cookie).unwrap())
+}
+
+/// Load on a set of sessions for the failover tests: each worker patches its share of them in
+/// turn, each time with a fresh key (`x-patch-add`); every answer is recorded, and every patch
+/// that got a 2xx is in the ledger (cookie, patched key).
+pub struct Load {
+    ledger: Arc<Mutex<Vec<(String, String)>>>,
+    statuses: Arc<Mutex<Vec<(Instant, StatusCode, String)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(env: &AppEnv, cookies: &[String], workers: usize) -> Load {
+        let ledger = Arc::new(Mutex::new(Vec::new()));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|w| {
+                let url = env.proxy.url("/app");
+                let mine: Vec<String> = cookies.iter().skip(w).step_by(workers).cloned().collect();
+                let (ledger, statuses, stop) = (ledger.clone(), statuses.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for cookie in &mine {
+                            n += 1;
+                            let field = format!("w{w}n{n}");
+                            let req = http::Request::get(&url)
+                                .header("cookie", cookie)
+                                .header("x-patch-add", &field)
+                                .body(empty())
+                                .unwrap();
+                            let answer = send(req).await;
+                            statuses.lock().unwrap().push((Instant::now(), answer.status, cookie.clone()));
+                            if answer.status.is_success() {
+                                ledger.lock().unwrap().push((cookie.clone(), field));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { ledger, statuses, stop, tasks }
+    }
+
+    /// Stops the workers; the ledger and every answer's (time, status, cookie).
+    pub async fn finish(self) -> (Vec<(String, String)>, Vec<(Instant, StatusCode, String)>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("load ends").unwrap();
+        }
+        let ledger = std::mem::take(&mut *self.ledger.lock().unwrap());
+        let statuses = std::mem::take(&mut *self.statuses.lock().unwrap());
+        (ledger, statuses)
+    }
 }

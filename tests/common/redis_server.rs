@@ -51,11 +51,41 @@ pub struct RedisServer {
 }
 
 /// Files and secret of a TLS-only server.
+#[derive(Clone)]
 pub(crate) struct TlsSetup {
     pub password: String,
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+impl TlsSetup {
+    /// redis-server's arguments to listen on `port` over TLS only (no client certificates)
+    /// and require the password.
+    pub(crate) fn server_args(&self, command: &mut Command, port: u16) {
+        command
+            .arg("--port")
+            .arg("0")
+            .arg("--tls-port")
+            .arg(port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&self.cert)
+            .arg("--tls-key-file")
+            .arg(&self.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&self.ca)
+            .arg("--tls-auth-clients")
+            .arg("no")
+            .arg("--requirepass")
+            .arg(&self.password);
+    }
+
+    /// redis-cli's arguments to reach such a server.
+    pub(crate) fn cli_args(&self, command: &mut Command) {
+        command.arg("--tls").arg("--cacert").arg(&self.ca);
+        // From the environment rather than `-a`: no warning, not in the process list.
+        command.env("REDISCLI_AUTH", &self.password);
+    }
 }
 
 impl RedisServer {
@@ -166,9 +196,7 @@ impl RedisServer {
         let mut command = Command::new("redis-cli");
         command.arg("-h").arg("127.0.0.1").arg("-p").arg(self.port.to_string());
         if let Some(tls) = &self.tls {
-            command.arg("--tls").arg("--cacert").arg(&tls.ca);
-            // From the environment rather than `-a`: no warning, not in the process list.
-            command.env("REDISCLI_AUTH", &tls.password);
+            tls.cli_args(&mut command);
         }
         command.args(args);
         command
@@ -198,23 +226,7 @@ impl RedisServer {
             None => {
                 command.arg("--port").arg(self.port.to_string());
             }
-            Some(tls) => {
-                command
-                    .arg("--port")
-                    .arg("0")
-                    .arg("--tls-port")
-                    .arg(self.port.to_string())
-                    .arg("--tls-cert-file")
-                    .arg(&tls.cert)
-                    .arg("--tls-key-file")
-                    .arg(&tls.key)
-                    .arg("--tls-ca-cert-file")
-                    .arg(&tls.ca)
-                    .arg("--tls-auth-clients")
-                    .arg("no")
-                    .arg("--requirepass")
-                    .arg(&tls.password);
-            }
+            Some(tls) => tls.server_args(&mut command, self.port),
         }
         let child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         let child = match child {

@@ -35,7 +35,7 @@ pub struct Node {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
-    tls: Option<(PathBuf, String)>,
+    tls: Option<TlsSetup>,
 }
 
 impl Node {
@@ -60,25 +60,13 @@ impl Node {
                 command.arg("--port").arg(port.to_string());
             }
             Some(tls) => {
+                tls.server_args(&mut command, port);
+                // Nodes speak TLS to each other and authenticate to their master.
                 command
-                    .arg("--port")
-                    .arg("0")
-                    .arg("--tls-port")
-                    .arg(port.to_string())
                     .arg("--tls-cluster")
                     .arg("yes")
                     .arg("--tls-replication")
                     .arg("yes")
-                    .arg("--tls-cert-file")
-                    .arg(&tls.cert)
-                    .arg("--tls-key-file")
-                    .arg(&tls.key)
-                    .arg("--tls-ca-cert-file")
-                    .arg(&tls.ca)
-                    .arg("--tls-auth-clients")
-                    .arg("no")
-                    .arg("--requirepass")
-                    .arg(&tls.password)
                     .arg("--masterauth")
                     .arg(&tls.password);
             }
@@ -89,12 +77,7 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|err| panic!("spawn redis-server (apt-get install -y redis-server): {err}"));
-        let node = Node {
-            port,
-            child: Some(child),
-            dir,
-            tls: tls.map(|tls| (tls.ca.clone(), tls.password.clone())),
-        };
+        let node = Node { port, child: Some(child), dir, tls: tls.cloned() };
         node.wait_until("answers PING", |node| node.cli(&["PING"]) == "PONG");
         node
     }
@@ -108,9 +91,8 @@ impl Node {
     fn cli_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("redis-cli");
         command.arg("-h").arg("127.0.0.1").arg("-p").arg(self.port.to_string());
-        if let Some((ca, password)) = &self.tls {
-            command.arg("--tls").arg("--cacert").arg(ca);
-            command.env("REDISCLI_AUTH", password);
+        if let Some(tls) = &self.tls {
+            tls.cli_args(&mut command);
         }
         command.args(args);
         command
