@@ -8,7 +8,7 @@ is measured in units of what did not change: the CPU per request of wrk and the 
 (the yardstick of bench/report.py). What is left is the difference between the two builds.
 
 Usage:
-    bench/ab.py A B [--scenario 4|5|6] [--rounds 5] [--duration 6] [--warmup 2]
+    bench/ab.py A B [--scenario 4|5|6] [--rounds 5] [--duration 6] [--warmup 2] [--cluster-b]
 
 A and B are a session-proxy binary (run with bench/conf/proxy.toml and RUST_LOG=warn), or
 `bare:PATH` for examples/bare_proxy.rs (the floor, scenario 7), or `bare+get:PATH` for the
@@ -21,6 +21,13 @@ full run taken out: the two proxies in turns, seconds apart. Needs wrk, nginx, r
 and curl (run.sh installs them). Prints each round and the medians, and B's against A's: as
 measured, and in yardsticks (fair between two builds of one proxy, which run at nearly the
 same rate; behind a faster proxy the yardstick itself shrinks, which it prints too).
+
+--cluster-b (scenario 5 only): B's store is a 3-master Redis Cluster that ab.py starts (as
+run.sh's (16): no replicas, slots dealt by `redis-cli --cluster create`), A's the single
+redis-server, and both read over 256 sessions made through each (bench/cookies.lua, as run.sh's
+(16) and (17)). `bench/ab.py target/pgo/session-proxy target/pgo/session-proxy --scenario 5
+--cluster-b` is target (16) >= 0.9x with the drift taken out. The Redis column is the CPU of
+the redis-server processes each build talks to (the cluster's three summed).
 """
 
 import argparse
@@ -120,7 +127,36 @@ def parse_spec(spec):
     return (kind, path) if kind in ("bare", "bare+get") else ("", spec)
 
 
-def start_proxy(spec, port, ports, tmp, procs, name):
+def start_cluster(procs, tmp):
+    """Three cluster-enabled redis-servers with every slot dealt among them: (their ports,
+    their processes), as run.sh's (16)."""
+    ports = free_ports(6)
+    nodes, bus = ports[:3], ports[3:]
+    started = []
+    for port, bus_port in zip(nodes, bus):
+        home = os.path.join(tmp, f"cluster-{port}")
+        os.makedirs(home)
+        started.append(procs.start(
+            ["redis-server", "--port", str(port), "--cluster-port", str(bus_port), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-config-file", os.path.join(home, "nodes.conf"),
+             "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no", "--dir", home],
+            open(os.path.join(home, "redis.log"), "w")))
+    for port in nodes:
+        wait_port(port, "a cluster node")
+    create = subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in nodes],
+                             "--cluster-yes"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if create.returncode != 0:
+        sys.exit(f"ab.py: the Redis Cluster did not form:\n{create.stdout[-500:]}")
+    for _ in range(100):
+        states = [subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"], stdout=subprocess.PIPE,
+                                 text=True).stdout for p in nodes]
+        if all("cluster_state:ok" in state for state in states):
+            return nodes, started
+        time.sleep(0.1)
+    sys.exit("ab.py: the Redis Cluster did not reach cluster_state:ok")
+
+
+def start_proxy(spec, port, ports, tmp, procs, name, store_url=None):
     log = open(os.path.join(tmp, f"{name}.log"), "w")
     kind, path = parse_spec(spec)
     if kind == "nginx":
@@ -139,6 +175,11 @@ def start_proxy(spec, port, ports, tmp, procs, name):
     config = os.path.join(tmp, f"{name}.toml")
     fill(os.path.join(BENCH, "conf", "proxy.toml"), config, LISTEN_PORT=port,
          REDIS_PORT=ports["redis"], UPSTREAM_PORT=ports["upstream"])
+    if store_url:
+        with open(config) as f:
+            text = f.read()
+        with open(config, "w") as f:
+            f.write(text.replace(f'"redis://127.0.0.1:{ports["redis"]}"', f'"{store_url}"'))
     return procs.start([path, "--config", config], log, env={**os.environ, "RUST_LOG": "warn"})
 
 
@@ -180,6 +221,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--cluster-b", action="store_true",
+                        help="B's store is a 3-master Redis Cluster (scenario 5, 256 sessions each)")
     opts = parser.parse_args()
     for tool in ("wrk", "nginx", "redis-server", "redis-cli"):
         if not shutil.which(tool):
@@ -188,14 +231,16 @@ def main():
         path = parse_spec(spec)[1]
         if not os.access(path, os.X_OK) and spec != "nginx":
             sys.exit(f"ab.py: {path} is not an executable")
+    if opts.cluster_b and (opts.scenario != 5 or any(parse_spec(s)[0] for s in (opts.a, opts.b))):
+        sys.exit("ab.py: --cluster-b compares two session-proxy builds on scenario 5")
 
     tmp = tempfile.mkdtemp(prefix="session-proxy-ab.")
     procs = Processes()
     try:
         ports = dict(zip(("redis", "upstream", "a", "b"), free_ports(4)))
-        procs.start(["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
-                     "--save", "", "--appendonly", "no", "--dir", tmp],
-                    open(os.path.join(tmp, "redis.log"), "w"))
+        redis = procs.start(["redis-server", "--port", str(ports["redis"]), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", tmp],
+                            open(os.path.join(tmp, "redis.log"), "w"))
         prefix = os.path.join(tmp, "upstream")
         os.makedirs(prefix)
         fill(os.path.join(BENCH, "conf", "nginx-upstream.conf"), os.path.join(prefix, "nginx.conf"),
@@ -207,66 +252,88 @@ def main():
         wait_port(ports["redis"], "redis-server")
         subprocess.run(["redis-cli", "-p", str(ports["redis"]), "set", "bare-proxy:session", SESSION],
                        check=True, stdout=subprocess.DEVNULL)
-        proxies = {n: start_proxy(spec, ports[n], ports, tmp, procs, n)
+        # The redis-server processes each build talks to (for their CPU per request).
+        stores = {"a": [redis], "b": [redis]}
+        store_urls = {"a": None, "b": None}
+        if opts.cluster_b:
+            nodes, stores["b"] = start_cluster(procs, tmp)
+            store_urls["b"] = f"redis-cluster://127.0.0.1:{nodes[0]}"
+        proxies = {n: start_proxy(spec, ports[n], ports, tmp, procs, n, store_urls[n])
                    for n, spec in (("a", opts.a), ("b", opts.b))}
         wait_port(ports["upstream"], "the upstream nginx")
         for n in proxies:
             wait_port(ports[n], f"proxy {n.upper()}")
 
-        # One cookie serves both when both are session-proxy (same config and secret).
+        # One cookie serves both when both are session-proxy (same config and secret) on one
+        # store; on two stores, each gets sessions made through it.
+        sp = [n for n, spec in (("a", opts.a), ("b", opts.b)) if not parse_spec(spec)[0]]
         cookie = None
-        if opts.scenario in (5, 6):
-            sp = [n for n, spec in (("a", opts.a), ("b", opts.b)) if not parse_spec(spec)[0]]
-            cookie = session_cookie(ports[sp[0]]) if sp else None
-            if sp and not cookie:
+        if opts.scenario in (5, 6) and sp:
+            cookie = session_cookie(ports[sp[0]])
+            if not cookie:
                 sys.exit("ab.py: session-proxy set no session cookie")
 
         # (6) writes on every request: 256 sessions, as in run.sh, so the writes seldom meet
         # (64 connections on one session mostly end in 503: run.sh's contention scenario).
-        cookies_file = None
-        if opts.scenario == 6 and cookie:
-            cookies_file = os.path.join(tmp, "cookies.txt")
-            with open(cookies_file, "w") as f:
-                for _ in range(256):
-                    f.write(session_cookie(ports[sp[0]]) + "\n")
+        # With --cluster-b, 256 sessions for (5) too, spread over the cluster's masters.
+        cookies_files = {n: None for n in proxies}
+        if (opts.scenario == 6 or opts.cluster_b) and cookie:
+            for n in proxies:
+                made = n if n in sp else sp[0]
+                cookies_files[n] = os.path.join(tmp, f"cookies-{made}.txt")
+                if os.path.exists(cookies_files[n]):
+                    continue
+                with open(cookies_files[n], "w") as f:
+                    for _ in range(256):
+                        made_cookie = session_cookie(ports[made])
+                        if not made_cookie:
+                            sys.exit(f"ab.py: proxy {made.upper()} set no session cookie")
+                        f.write(made_cookie + "\n")
             cookie = None
 
         url = {n: f"http://127.0.0.1:{ports[n]}{PATHS[opts.scenario]}" for n in proxies}
         for n in proxies:
-            wrk(url[n], opts.warmup, cookie, cookies_file)
+            wrk(url[n], opts.warmup, cookie, cookies_files[n])
 
         rows = {"a": [], "b": []}
-        print(f"scenario {opts.scenario}, {opts.rounds} rounds of {opts.duration} s each, A and B in turns")
-        print("round  build    req/s  user µs/req  kernel µs/req  CPU/req in yardsticks  yardstick µs (wrk, upstream)")
+        print(f"scenario {opts.scenario}, {opts.rounds} rounds of {opts.duration} s each, A and B in turns"
+              + (" (B on a 3-master Redis Cluster)" if opts.cluster_b else ""))
+        print("round  build    req/s  user µs/req  kernel µs/req  CPU/req in yardsticks  yardstick µs (wrk, upstream)  redis µs/req")
         for round_no in range(1, opts.rounds + 1):
             for n, proc in proxies.items():
                 upstream_pids = [upstream.pid] + children(upstream.pid)
                 # nginx's work is in its worker processes; session-proxy and the floor are one.
                 proxy_pids = [proc.pid] + children(proc.pid)
-                p0, u0 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
+                redis_pids = [r.pid for r in stores[n]]
+                p0, u0, r0 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids), cpu_ticks(redis_pids)
                 w0 = os.times()
-                requests = wrk(url[n], opts.duration, cookie, cookies_file)
+                requests = wrk(url[n], opts.duration, cookie, cookies_files[n])
                 w1 = os.times()
-                p1, u1 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids)
+                p1, u1, r1 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids), cpu_ticks(redis_pids)
                 per_req = 1e6 / requests
                 user = (p1[0] - p0[0]) / TICK * per_req
                 kernel = (p1[1] - p0[1]) / TICK * per_req
                 upstream_us = (sum(u1) - sum(u0)) / TICK * per_req
+                redis_us = (sum(r1) - sum(r0)) / TICK * per_req
                 wrk_us = (w1.children_user + w1.children_system - w0.children_user - w0.children_system) * per_req
                 yard = yardstick({"wrk_us": wrk_us, "upstream_us": upstream_us})
                 row = (requests / opts.duration, user, kernel, (user + kernel) / yard if yard else float("nan"), yard,
-                       wrk_us, upstream_us)
+                       wrk_us, upstream_us, redis_us)
                 rows[n].append(row)
-                print(f"{round_no:5}  {n.upper():5} {row[0]:8.0f}  {row[1]:11.2f}  {row[2]:13.2f}  {row[3]:21.3f}  {row[4]:12.2f} ({row[5]:.2f}, {row[6]:.2f})")
+                print(f"{round_no:5}  {n.upper():5} {row[0]:8.0f}  {row[1]:11.2f}  {row[2]:13.2f}  {row[3]:21.3f}  "
+                      f"{row[4]:12.2f} ({row[5]:.2f}, {row[6]:.2f})  {row[7]:12.2f}")
 
         med = {n: [statistics.median(col) for col in zip(*rows[n])] for n in rows}
         print("\nmedians")
         for n in rows:
             m = med[n]
-            print(f"       {n.upper():5} {m[0]:8.0f}  {m[1]:11.2f}  {m[2]:13.2f}  {m[3]:21.3f}  {m[4]:12.2f} ({m[5]:.2f}, {m[6]:.2f})")
+            print(f"       {n.upper():5} {m[0]:8.0f}  {m[1]:11.2f}  {m[2]:13.2f}  {m[3]:21.3f}  "
+                  f"{m[4]:12.2f} ({m[5]:.2f}, {m[6]:.2f})  {m[7]:12.2f}")
         a, b = med["a"], med["b"]
         cpu = {n: statistics.median(r[1] + r[2] for r in rows[n]) for n in rows}
-        print(f"\nB against A: req/s {b[0] / a[0]:.3f}x, CPU per request in yardsticks {b[3] / a[3]:.3f}x "
+        paired = statistics.median(rb[0] / ra[0] for ra, rb in zip(rows["a"], rows["b"]))
+        print(f"\nB against A: req/s {b[0] / a[0]:.3f}x (paired, round by round: {paired:.3f}x), "
+              f"CPU per request in yardsticks {b[3] / a[3]:.3f}x "
               f"(as measured {cpu['b'] / cpu['a']:.3f}x; yardstick {b[4] / a[4]:.3f}x)")
     finally:
         procs.stop()
