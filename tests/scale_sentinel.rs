@@ -2,7 +2,7 @@
 //! `down-after-milliseconds`) started here (see `tests/common/redis_topology.rs`), a proxy on
 //! `redis-sentinel://` in front. The session lifecycle; the master killed and the proxy
 //! following the promoted replica without a restart; no acknowledged write lost with
-//! `min_replicas = 1`.
+//! `min_replicas = 1`; the lifecycle over `rediss-sentinel://` (every process TLS only).
 
 mod common;
 
