@@ -2,7 +2,7 @@
 //! `down-after-milliseconds`) started here (see `tests/common/redis_topology.rs`), a proxy on
 //! `redis-sentinel://` in front. The session lifecycle; the master killed and the proxy
 //! following the promoted replica without a restart; no acknowledged write lost with
-//! `min_replicas = 1`.
+//! `min_replicas = 1`; the lifecycle over `rediss-sentinel://` (every process TLS only).
 
 mod common;
 
@@ -112,4 +112,29 @@ async fn failover_without_min_replicas_keeps_serving_writes() {
     let answer = env.call(Some(&cookie), &[("x-patch-add", "b")]).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(sentinel.replica.cli(&["GET", &key(&cookie)]), r#"{"a":1,"b":"b"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sentinel_lifecycle() {
+    let sentinel = tokio::task::spawn_blocking(|| Sentinel::start_tls("s3cret-pw")).await.unwrap();
+    let url = sentinel.url();
+    assert!(url.starts_with("rediss-sentinel://"), "{url}");
+    let ca = sentinel.ca_file().unwrap();
+    // The URL names only the sentinels (TLS only): the proxy finds the master through them.
+    let env = proxy_on(&url, &format!("ca_file = \"{}\"", ca.display())).await;
+    wait_ready(&env, StatusCode::OK, Duration::from_secs(10)).await;
+    assert_eq!(env.metric("session_proxy_store_info{backend=\"redis\",topology=\"sentinel\"}").await, 1.0);
+
+    // Create, read, update, destroy, each checked on the master.
+    let cookie = env.create(r#"{"a":1}"#).await;
+    assert_eq!(sentinel.master.cli(&["GET", &key(&cookie)]), r#"{"a":1}"#);
+    assert_eq!(env.call(Some(&cookie), &[]).await.seen(), r#"{"a":1}"#);
+    let answer = env.call(Some(&cookie), &[("x-add", "b")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(sentinel.master.cli(&["GET", &key(&cookie)]), r#"{"a":1,"b":"b"}"#);
+    assert_eq!(env.call(Some(&cookie), &[]).await.seen(), r#"{"a":1,"b":"b"}"#);
+    let answer = env.call(Some(&cookie), &[("x-want-update", "null")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(sentinel.master.cli(&["EXISTS", &key(&cookie)]), "0");
+    assert_eq!(env.call(Some(&cookie), &[]).await.seen(), "{}", "a new visitor");
 }

@@ -288,40 +288,68 @@ pub fn key(cookie: &str) -> String {
     format!("_session:{}", session_id(cookie).unwrap())
 }
 
-/// Load on a set of sessions for the failover tests: each worker patches its share of them in
-/// turn, each time with a fresh key (`x-patch-add`); every answer is recorded, and every patch
-/// that got a 2xx is in the ledger (cookie, patched key).
+/// Load on a set of sessions for the failover tests: each worker sends requests for its share
+/// of them in turn, and every answer is recorded as a [`Sample`]. [`Load::start`] patches
+/// each time with a fresh key (`x-patch-add`), and every patch that got a 2xx is in the ledger
+/// (cookie, patched key); [`Load::reads`] only reads (the app answers with no change, so
+/// nothing is written).
 pub struct Load {
     ledger: Arc<Mutex<Vec<(String, String)>>>,
-    statuses: Arc<Mutex<Vec<(Instant, StatusCode, String)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// One answer of a [`Load`].
+pub struct Sample {
+    /// When the answer came.
+    pub at: Instant,
+    pub status: StatusCode,
+    /// The session cookie the request carried.
+    pub cookie: String,
+    /// The session the app was sent (`x-seen`): empty when the request reached it without
+    /// one, or did not reach it.
+    pub seen: String,
+}
+
 impl Load {
+    /// Patches, with a ledger of the acknowledged ones.
     pub fn start(env: &AppEnv, cookies: &[String], workers: usize) -> Load {
+        Load::spawn(env, cookies, workers, true)
+    }
+
+    /// Reads only.
+    pub fn reads(env: &AppEnv, cookies: &[String], workers: usize) -> Load {
+        Load::spawn(env, cookies, workers, false)
+    }
+
+    fn spawn(env: &AppEnv, cookies: &[String], workers: usize, patch: bool) -> Load {
         let ledger = Arc::new(Mutex::new(Vec::new()));
-        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..workers)
             .map(|w| {
                 let url = env.proxy.url("/app");
                 let mine: Vec<String> = cookies.iter().skip(w).step_by(workers).cloned().collect();
-                let (ledger, statuses, stop) = (ledger.clone(), statuses.clone(), stop.clone());
+                let (ledger, samples, stop) = (ledger.clone(), samples.clone(), stop.clone());
                 tokio::spawn(async move {
                     let mut n = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         for cookie in &mine {
                             n += 1;
                             let field = format!("w{w}n{n}");
-                            let req = http::Request::get(&url)
-                                .header("cookie", cookie)
-                                .header("x-patch-add", &field)
-                                .body(empty())
-                                .unwrap();
-                            let answer = send(req).await;
-                            statuses.lock().unwrap().push((Instant::now(), answer.status, cookie.clone()));
-                            if answer.status.is_success() {
+                            let mut req = http::Request::get(&url).header("cookie", cookie);
+                            if patch {
+                                req = req.header("x-patch-add", &field);
+                            }
+                            let answer = send(req.body(empty()).unwrap()).await;
+                            samples.lock().unwrap().push(Sample {
+                                at: Instant::now(),
+                                status: answer.status,
+                                cookie: cookie.clone(),
+                                seen: answer.seen().to_owned(),
+                            });
+                            if patch && answer.status.is_success() {
                                 ledger.lock().unwrap().push((cookie.clone(), field));
                             }
                         }
@@ -329,17 +357,23 @@ impl Load {
                 })
             })
             .collect();
-        Load { ledger, statuses, stop, tasks }
+        Load { ledger, samples, stop, tasks }
     }
 
     /// Stops the workers; the ledger and every answer's (time, status, cookie).
     pub async fn finish(self) -> (Vec<(String, String)>, Vec<(Instant, StatusCode, String)>) {
+        let (ledger, samples) = self.finish_samples().await;
+        (ledger, samples.into_iter().map(|s| (s.at, s.status, s.cookie)).collect())
+    }
+
+    /// Stops the workers; the ledger and every answer.
+    pub async fn finish_samples(self) -> (Vec<(String, String)>, Vec<Sample>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for task in self.tasks {
             tokio::time::timeout(Duration::from_secs(30), task).await.expect("load ends").unwrap();
         }
         let ledger = std::mem::take(&mut *self.ledger.lock().unwrap());
-        let statuses = std::mem::take(&mut *self.statuses.lock().unwrap());
-        (ledger, statuses)
+        let samples = std::mem::take(&mut *self.samples.lock().unwrap());
+        (ledger, samples)
     }
 }

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
 use super::redis_server::{free_port, write_tls_files, TlsSetup};
 
 /// How long a node may take to answer PING, a cluster to form, or Sentinel to see its master.
@@ -35,15 +37,31 @@ pub struct Node {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// What it was started with, so [`Node::restart`] starts the same server again.
+    args: Vec<String>,
     tls: Option<TlsSetup>,
 }
 
 impl Node {
+    /// Starts redis-server on `port` in `dir/port` and waits until it answers. A first
+    /// argument that is not an option is its config file (redis-server reads one only there);
+    /// the other `args` come after the defaults here, so they override them (for a repeated
+    /// directive redis-server keeps the last).
     fn spawn(port: u16, dir: &Path, args: &[String], tls: Option<&TlsSetup>) -> Node {
         let dir = dir.join(port.to_string());
         std::fs::create_dir_all(&dir).expect("node dir");
+        let mut node = Node { port, child: None, dir, args: args.to_vec(), tls: tls.cloned() };
+        node.start();
+        node
+    }
+
+    fn start(&mut self) {
+        let (config_file, args) = match self.args.split_first() {
+            Some((first, rest)) if !first.starts_with("--") => (Some(first), rest),
+            _ => (None, self.args.as_slice()),
+        };
         let mut command = Command::new("redis-server");
-        command.args(args);
+        command.args(config_file);
         command
             .arg("--bind")
             .arg("127.0.0.1")
@@ -52,15 +70,15 @@ impl Node {
             .arg("--appendonly")
             .arg("no")
             .arg("--dir")
-            .arg(&dir)
+            .arg(&self.dir)
             .arg("--logfile")
-            .arg(dir.join("redis.log"));
-        match tls {
+            .arg(self.dir.join("redis.log"));
+        match &self.tls {
             None => {
-                command.arg("--port").arg(port.to_string());
+                command.arg("--port").arg(self.port.to_string());
             }
             Some(tls) => {
-                tls.server_args(&mut command, port);
+                tls.server_args(&mut command, self.port);
                 // Nodes speak TLS to each other and authenticate to their master.
                 command
                     .arg("--tls-cluster")
@@ -71,15 +89,22 @@ impl Node {
                     .arg(&tls.password);
             }
         }
+        command.args(args);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|err| panic!("spawn redis-server (apt-get install -y redis-server): {err}"));
-        let node = Node { port, child: Some(child), dir, tls: tls.cloned() };
-        node.wait_until("answers PING", |node| node.cli(&["PING"]) == "PONG");
-        node
+        self.child = Some(child);
+        self.wait_until("answers PING", |node| node.cli(&["PING"]) == "PONG");
+    }
+
+    /// Starts the killed server again: same port, arguments and directory (so a cluster node
+    /// reads its `nodes.conf`, and a durable one its data), and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
     }
 
     /// Runs `redis-cli` against this node; trimmed stdout.
@@ -114,6 +139,16 @@ impl Node {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether this cluster node's `nodes.conf` says it is a master (readable while it is
+    /// stopped: the node rewrites that file on every change of the cluster's layout).
+    fn was_master(&self) -> bool {
+        let conf = std::fs::read_to_string(self.dir.join("nodes.conf")).expect("read nodes.conf");
+        conf.lines().filter_map(|line| line.split_whitespace().nth(2)).any(|flags| {
+            let mut flags = flags.split(',');
+            flags.clone().any(|f| f == "myself") && flags.any(|f| f == "master")
+        })
     }
 
     pub fn wait_until(&self, what: &str, ready: impl Fn(&Node) -> bool) {
@@ -161,32 +196,43 @@ pub struct Cluster {
 impl Cluster {
     /// 3 masters, 3 replicas, plain TCP.
     pub fn start() -> Cluster {
-        Self::start_with(3, None)
+        Self::start_with(3, None, false)
     }
 
     /// 3 masters, 3 replicas, TLS only (a CA made here) with a password.
     pub fn start_tls(password: &str) -> Cluster {
-        Self::start_with(3, Some(password))
+        Self::start_with(3, Some(password), false)
     }
 
-    fn start_with(masters: usize, password: Option<&str>) -> Cluster {
+    /// 3 masters, 3 replicas, plain TCP, each node keeping its data in an append-only file
+    /// written to disk before every reply: a node killed and [restarted](Cluster::restart_all)
+    /// comes back with what it acknowledged, as a production node with persistence would.
+    pub fn start_durable() -> Cluster {
+        Self::start_with(3, None, true)
+    }
+
+    fn start_with(masters: usize, password: Option<&str>, durable: bool) -> Cluster {
         let dir = tempfile::Builder::new().prefix("redis-cluster-").tempdir().expect("temp dir");
         let tls = password.map(|password| write_tls_files(dir.path(), password));
         let nodes: Vec<Node> = (0..masters * 2)
             .map(|_| {
                 let port = cluster_port();
-                let args = [
+                let node_timeout = NODE_TIMEOUT_MS.to_string();
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    &NODE_TIMEOUT_MS.to_string(),
+                    &node_timeout,
                     // Replicas may always take over, however long their link was down.
                     "--cluster-replica-validity-factor",
                     "0",
-                ]
-                .map(str::to_owned);
+                ];
+                if durable {
+                    args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
+                }
+                let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
                 Node::spawn(port, dir.path(), &args, tls.as_ref())
             })
             .collect();
@@ -278,6 +324,35 @@ impl Cluster {
     pub fn node_mut(&mut self, port: u16) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.port == port).expect("a known node")
     }
+
+    /// Kills every node (SIGKILL, by PID): replicas first, so no replica outlives its master
+    /// and starts a failover.
+    pub fn stop_all(&mut self) {
+        let replicas: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running() && n.info("role").as_deref() != Some("master"))
+            .map(|n| n.port)
+            .collect();
+        for port in replicas {
+            self.node_mut(port).kill();
+        }
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+
+    /// Starts every node again from its directory and `nodes.conf` (same ports, ids, roles and
+    /// slots), masters first so no replica finds its master missing and takes over; then
+    /// waits until the cluster is ok.
+    pub fn restart_all(&mut self) {
+        let (masters, replicas): (Vec<&mut Node>, Vec<&mut Node>) =
+            self.nodes.iter_mut().partition(|node| node.was_master());
+        for node in masters.into_iter().chain(replicas) {
+            node.restart();
+        }
+        self.wait_ok();
+    }
 }
 
 /// One master, one replica, three sentinels (quorum 2).
@@ -285,17 +360,35 @@ pub struct Sentinel {
     pub master: Node,
     pub replica: Node,
     pub sentinels: Vec<Node>,
+    tls: Option<TlsSetup>,
     _dir: tempfile::TempDir,
 }
 
 impl Sentinel {
+    /// Plain TCP, no passwords.
     pub fn start() -> Sentinel {
+        Self::start_with(None)
+    }
+
+    /// Every process TLS only (a CA made here) and requiring `password`: the sentinels reach
+    /// the master and replica, and each other, over TLS (`tls-replication yes`, which also
+    /// makes each announce its TLS port) and authenticate to them with the same password.
+    pub fn start_tls(password: &str) -> Sentinel {
+        Self::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> Sentinel {
         let dir = tempfile::Builder::new().prefix("redis-sentinel-").tempdir().expect("temp dir");
-        let master = Node::spawn(free_port(), dir.path(), &[], None);
+        let tls = password.map(|password| write_tls_files(dir.path(), password));
+        let master = Node::spawn(free_port(), dir.path(), &[], tls.as_ref());
         let replica_args = ["--replicaof".to_owned(), "127.0.0.1".to_owned(), master.port.to_string()];
-        let replica = Node::spawn(free_port(), dir.path(), &replica_args, None);
+        let replica = Node::spawn(free_port(), dir.path(), &replica_args, tls.as_ref());
         replica
             .wait_until("synced with its master", |n| n.info("master_link_status").as_deref() == Some("up"));
+        let auth = match &tls {
+            None => String::new(),
+            Some(tls) => format!("sentinel auth-pass {SERVICE} {}\n", tls.password),
+        };
         let sentinels: Vec<Node> = (0..3)
             .map(|_| {
                 let port = free_port();
@@ -306,13 +399,13 @@ impl Sentinel {
                         "sentinel monitor {SERVICE} 127.0.0.1 {master} 2\n\
                          sentinel down-after-milliseconds {SERVICE} {NODE_TIMEOUT_MS}\n\
                          sentinel failover-timeout {SERVICE} 3000\n\
-                         sentinel parallel-syncs {SERVICE} 1\n",
+                         sentinel parallel-syncs {SERVICE} 1\n{auth}",
                         master = master.port
                     ),
                 )
                 .expect("write sentinel.conf");
                 let args = [conf.display().to_string(), "--sentinel".to_owned()];
-                Node::spawn(port, dir.path(), &args, None)
+                Node::spawn(port, dir.path(), &args, tls.as_ref())
             })
             .collect();
         for sentinel in &sentinels {
@@ -330,18 +423,32 @@ impl Sentinel {
                     && field("num-other-sentinels").as_deref() == Some("2")
             });
         }
-        Sentinel { master, replica, sentinels, _dir: dir }
+        Sentinel { master, replica, sentinels, tls, _dir: dir }
     }
 
-    /// `redis-sentinel://127.0.0.1:S1?sentinelServiceName=mymaster&node=...`.
+    /// `redis-sentinel://127.0.0.1:S1?sentinelServiceName=mymaster&node=...`; over TLS
+    /// `rediss-sentinel://:PASSWORD@...&sentinelPassword=PASSWORD`: the password in front is
+    /// the master's, `sentinelPassword` the sentinels'.
     pub fn url(&self) -> String {
         let nodes: Vec<String> =
             self.sentinels[1..].iter().map(|s| format!("&node=127.0.0.1:{}", s.port)).collect();
+        let (scheme, auth, sentinel_auth) = match &self.tls {
+            None => ("redis-sentinel", String::new(), String::new()),
+            Some(tls) => {
+                let password = utf8_percent_encode(&tls.password, NON_ALPHANUMERIC);
+                ("rediss-sentinel", format!(":{password}@"), format!("&sentinelPassword={password}"))
+            }
+        };
         format!(
-            "redis-sentinel://127.0.0.1:{}?sentinelServiceName={SERVICE}{}",
+            "{scheme}://{auth}127.0.0.1:{}?sentinelServiceName={SERVICE}{sentinel_auth}{}",
             self.sentinels[0].port,
             nodes.concat()
         )
+    }
+
+    /// The test CA's PEM file, for `store.ca_file` (TLS only).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.ca.clone())
     }
 
     /// The master's port as the sentinels name it.
