@@ -24,7 +24,7 @@
 #
 # A training run never gives the same counts twice, so the second build would start over
 # every time. Instead the binaries are kept while nothing they are built from has changed
-# (the sources, Cargo.toml and Cargo.lock, these two scripts, rustc and RUSTFLAGS: the hash in
+# (the sources, vendor/, Cargo.toml and Cargo.lock, these two scripts, rustc and RUSTFLAGS: the hash in
 # $TARGET/pgo/inputs.sha256). PGO_REBUILD=1 builds and trains again regardless.
 
 set -euo pipefail
@@ -65,7 +65,7 @@ inputs_hash() {
         cd "$ROOT"
         rustc -vV
         printf 'RUSTFLAGS=%s\n' "${RUSTFLAGS:-}"
-        find src examples Cargo.toml Cargo.lock scripts/build-pgo.sh scripts/pgo_train.py \
+        find src examples vendor Cargo.toml Cargo.lock scripts/build-pgo.sh scripts/pgo_train.py \
             -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     ) | sha256sum | cut -d' ' -f1
 }
