@@ -6,6 +6,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY examples ./examples
+COPY vendor ./vendor
 RUN cargo build --release --locked --bin session-proxy
 
 FROM debian:bookworm-slim

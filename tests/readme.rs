@@ -454,3 +454,31 @@ fn documents_reference_nothing_outside_the_repository() {
         }
     }
 }
+
+/// The Docker build copies every directory `cargo build` reads: the sources, the examples
+/// Cargo.toml names, and each path dependency (the vendored fred through `[patch.crates-io]`).
+#[test]
+fn the_dockerfile_copies_what_the_build_reads() {
+    let repo = Path::new(REPO);
+    let dockerfile = std::fs::read_to_string(repo.join("Dockerfile")).unwrap();
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .filter(|line| !line.starts_with("--from"))
+        .flat_map(|line| line.split_whitespace())
+        .collect();
+    let manifest = std::fs::read_to_string(repo.join("Cargo.toml")).unwrap();
+    let mut needed = vec!["src".to_owned(), "examples".to_owned()];
+    for line in manifest.lines() {
+        if let Some((_, rest)) = line.split_once("path = \"") {
+            let path = rest.split('"').next().unwrap();
+            needed.push(path.split('/').next().unwrap().to_owned());
+        }
+    }
+    for dir in &needed {
+        assert!(
+            copied.iter().any(|c| c.trim_start_matches("./").split('/').next() == Some(dir.as_str())),
+            "the Dockerfile does not COPY {dir}, which the build reads"
+        );
+    }
+}
