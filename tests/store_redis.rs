@@ -456,3 +456,98 @@ async fn a_silently_dropped_connection_is_replaced_under_steady_traffic() {
     }
     traffic.abort();
 }
+
+/// A relay to `target` that, after relaying a command naming `marker`, passes on the server's
+/// reply and then closes that connection: a connection lost between a write's reply and
+/// whatever the client sends next on it. Once only; later connections are relayed whole.
+async fn relay_cutting_after_reply(
+    target: std::net::SocketAddr,
+    marker: &'static [u8],
+) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let used = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(target).await else { continue };
+            let used = used.clone();
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let upstream = {
+                    let armed = armed.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if buf[..n].windows(marker.len()).any(|w| w == marker) {
+                                armed.store(true, Ordering::SeqCst);
+                            }
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                };
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    if armed.load(Ordering::SeqCst) && !used.swap(true, Ordering::SeqCst) {
+                        break; // the reply is out; the connection goes with it
+                    }
+                }
+                upstream.abort();
+            });
+        }
+    });
+    addr
+}
+
+/// `min_replicas`: a write whose connection is lost right after its reply is never
+/// acknowledged, while the same write through a connection that stays up is. Mostly fred
+/// refuses to route the `WAIT` while it reconnects ("Failed to route command": 8 of 9 runs
+/// here); when the `WAIT` does reach the new connection (1 of 9), it would count replicas for
+/// that connection's writes, none, and vouch for a write it never saw: the store notices the
+/// connection changed between the write and its `WAIT` and answers `Replicas` instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_on_a_replaced_connection_vouches_for_nothing() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start();
+    replica.cli(&["REPLICAOF", "127.0.0.1", &master.port().to_string()]);
+    let started = Instant::now();
+    while !master.cli(&["INFO", "replication"]).contains("connected_slaves:1") {
+        assert!(started.elapsed() < RECOVERY_DEADLINE, "the replica did not attach");
+        tokio::time::sleep(RECOVERY_POLL).await;
+    }
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", master.port()).parse().unwrap();
+    let relay = relay_cutting_after_reply(target, b"cut-me").await;
+    let mut cfg = store_config(format!("redis://{relay}"), None);
+    cfg.pool_size = 1;
+    cfg.min_replicas = 1;
+    cfg.timeout = Duration::from_secs(2);
+    let store = connect(&cfg).await;
+    wait_until_serving(&store).await;
+
+    // A write whose connection stays up: acknowledged by the replica.
+    guarded("set", store.set("kept", "{}", 60)).await.expect("a replicated write is acknowledged");
+    // The connection is cut right after the write's reply: the WAIT can only go on another.
+    let cut = guarded("set", store.set("cut-me", "{}", 60)).await;
+    eprintln!("the cut write: {cut:?}");
+    assert!(
+        matches!(cut, Err(StoreError::Replicas { .. } | StoreError::Command(_) | StoreError::Unavailable(_))),
+        "a write whose WAIT could not be sent on its own connection must not be acknowledged: {cut:?}"
+    );
+    // The store serves again on the new connection.
+    wait_until_serving(&store).await;
+    guarded("set", store.set("after", "{}", 60)).await.expect("acknowledged again");
+}

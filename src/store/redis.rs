@@ -35,6 +35,7 @@
 //!
 //! Nothing here logs a URL, a key (keys hold session ids), a value or a password.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -46,11 +47,11 @@ use bytes::Bytes;
 use fred::clients::{Client, Pool};
 use fred::error::{Error as FredError, ErrorKind};
 use fred::interfaces::{
-    ClientLike, ClusterInterface, EventInterface, KeysInterface, LuaInterface, SetsInterface,
+    ClientInterface, ClientLike, ClusterInterface, EventInterface, KeysInterface, LuaInterface, SetsInterface,
 };
 use fred::types::cluster::ClusterRouting;
 use fred::types::config::{
-    ClusterDiscoveryPolicy, Config as FredConfig, Options, ReconnectPolicy, ServerConfig, TlsConfig,
+    ClusterDiscoveryPolicy, Config as FredConfig, Options, ReconnectPolicy, Server, ServerConfig, TlsConfig,
 };
 use fred::types::scripts::Script;
 use fred::types::{Builder, ClusterHash, CustomCommand, Expiration, InfoKind, SetOptions, Value};
@@ -212,6 +213,10 @@ impl Drop for Inner {
 /// copy it on every request.
 type FredCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, FredError>> + Send + 'a>>;
 
+/// Each pooled client's connections (server to `CLIENT ID`) when a write was sent; `None`
+/// without `store.min_replicas` (see [`RedisStore::replicated`]).
+type ConnectionMarks = Option<Vec<HashMap<Server, i64>>>;
+
 impl RedisStore {
     /// Builds the pool and starts connecting in the background. Fails only for configuration
     /// problems; Redis being down is not one (calls fail until it is up, then succeed).
@@ -336,25 +341,28 @@ impl RedisStore {
     /// `SET key value EX ttl_secs`; `Ok` only when Redis answered `OK`.
     pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
+        let marks = self.connection_marks();
         let (index, client) = self.pick();
         let reply = self
             .call(index, pin_in_place(|| client.set::<Value, _, _>(key, value, expire, None, false)))
             .await?;
         expect_reply("SET", &reply, Value::is_ok)?;
-        self.replicated(index, key).await
+        self.replicated(index, key, marks).await
     }
 
     /// `DEL key`; `Ok` only when Redis answered with a count.
     pub async fn del(&self, key: &str) -> Result<(), StoreError> {
+        let marks = self.connection_marks();
         let (index, client) = self.pick();
         let reply = self.call(index, pin_in_place(|| client.del::<Value, _>(key))).await?;
         expect_reply("DEL", &reply, is_integer)?;
-        self.replicated(index, key).await
+        self.replicated(index, key, marks).await
     }
 
     /// `SET key value EX ttl_secs NX`: `Ok(false)` when the key exists.
     pub async fn create(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, StoreError> {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
+        let marks = self.connection_marks();
         let (index, client) = self.pick();
         let reply = self
             .call(
@@ -366,7 +374,7 @@ impl RedisStore {
             Value::Null => Ok(false),
             reply => {
                 expect_reply("SET", &reply, Value::is_ok)?;
-                self.replicated(index, key).await.map(|()| true)
+                self.replicated(index, key, marks).await.map(|()| true)
             }
         }
     }
@@ -386,8 +394,9 @@ impl RedisStore {
         ];
         // A retry after a lost reply finds the value it wrote and reports it changed, which the
         // session layer recognises as its own change: fred's retries stay safe.
+        let marks = self.connection_marks();
         let (index, reply) = self.script(&self.inner.scripts.replace_if, key, args, None).await?;
-        self.replicated_if_done(index, key, compared(reply)?).await
+        self.replicated_if_done(index, key, marks, compared(reply)?).await
     }
 
     /// The `DELETE_IF` script: `key` is deleted only if it still holds `expected`.
@@ -396,8 +405,9 @@ impl RedisStore {
         // Sent once: a retry after a lost reply would find the key gone (deleted by the first
         // try) and report the session moved away, undoing a regenerate that happened.
         let once = Options { max_attempts: Some(1), ..Options::default() };
+        let marks = self.connection_marks();
         let (index, reply) = self.script(&self.inner.scripts.delete_if, key, args, Some(once)).await?;
-        self.replicated_if_done(index, key, compared(reply)?).await
+        self.replicated_if_done(index, key, marks, compared(reply)?).await
     }
 
     /// The `INSPECT` script: the value and its TTL in one round trip.
@@ -420,25 +430,28 @@ impl RedisStore {
     /// The `INDEX_ADD` script: `SADD`, then the set's TTL raised to at least `ttl_secs`.
     pub async fn index_add(&self, key: &str, member: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let args = vec![Value::from(member), Value::Integer(ttl_arg(ttl_secs)?)];
+        let marks = self.connection_marks();
         let (index, reply) = self.script(&self.inner.scripts.index_add, key, args, None).await?;
         expect_reply("SADD", &reply, is_integer)?;
-        self.replicated(index, key).await
+        self.replicated(index, key, marks).await
     }
 
     /// The `INDEX_TOUCH` script: the set's TTL raised to at least `ttl_secs`.
     pub async fn index_touch(&self, key: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let args = vec![Value::Integer(ttl_arg(ttl_secs)?)];
+        let marks = self.connection_marks();
         let (index, reply) = self.script(&self.inner.scripts.index_touch, key, args, None).await?;
         expect_reply("EXPIRE", &reply, is_integer)?;
-        self.replicated(index, key).await
+        self.replicated(index, key, marks).await
     }
 
     /// `SREM key member`.
     pub async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        let marks = self.connection_marks();
         let (index, client) = self.pick();
         let reply = self.call(index, pin_in_place(|| client.srem::<Value, _, _>(key, member))).await?;
         expect_reply("SREM", &reply, is_integer)?;
-        self.replicated(index, key).await
+        self.replicated(index, key, marks).await
     }
 
     /// `SMEMBERS key`.
@@ -462,7 +475,12 @@ impl RedisStore {
     /// connection as the write (on a cluster, the connection to the node that owns `key`'s slot,
     /// where the write went), so it waits for that write. Fewer replicas in time is an error:
     /// the caller must not acknowledge the write. Nothing to do with `min_replicas = 0`.
-    async fn replicated(&self, index: usize, key: &str) -> Result<(), StoreError> {
+    ///
+    /// `marks` are the pool's connections as the write was sent ([`RedisStore::connection_marks`]):
+    /// a connection replaced between the write and the `WAIT` (fred reconnects by itself) would
+    /// have the `WAIT` count replicas for the new connection's writes, none, and vouch for
+    /// nothing; so a change of client `index`'s connections in between is an error too.
+    async fn replicated(&self, index: usize, key: &str, marks: ConnectionMarks) -> Result<(), StoreError> {
         let wanted = self.inner.min_replicas;
         if wanted == 0 {
             return Ok(());
@@ -482,6 +500,14 @@ impl RedisStore {
         let wait = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
         let args = vec![Value::Integer(i64::from(wanted)), Value::Integer(self.inner.wait_ms)];
         let reply = self.call(index, pin_in_place(|| client.custom::<Value, Value>(wait, args))).await?;
+        let sent_on = marks.as_ref().and_then(|marks| marks.get(index));
+        if sent_on != Some(&client.connection_ids()) {
+            tracing::warn!(
+                wanted,
+                "store connection replaced between a write and its WAIT; the write is not known to be replicated; answering 503"
+            );
+            return Err(StoreError::Replicas { acked: 0, wanted });
+        }
         match reply {
             Value::Integer(acked) if acked >= i64::from(wanted) => Ok(()),
             Value::Integer(acked) => {
@@ -504,12 +530,20 @@ impl RedisStore {
         &self,
         index: usize,
         key: &str,
+        marks: ConnectionMarks,
         result: Compared,
     ) -> Result<Compared, StoreError> {
         if result == Compared::Done {
-            self.replicated(index, key).await?;
+            self.replicated(index, key, marks).await?;
         }
         Ok(result)
+    }
+
+    /// With `min_replicas`, each pooled client's connections (server and `CLIENT ID`, as fred
+    /// keeps them) before a write, for [`RedisStore::replicated`]; nothing without.
+    fn connection_marks(&self) -> ConnectionMarks {
+        (self.inner.min_replicas > 0)
+            .then(|| self.inner.pool.clients().iter().map(|client| client.connection_ids()).collect())
     }
 
     /// Runs a script on `key` with `EVALSHA`, and with `EVAL` (which also loads it) when the
