@@ -5,7 +5,9 @@
 //! - `fail_fast = false` plus a reconnect policy that never gives up: the connection tasks are
 //!   spawned and keep trying (capped exponential backoff); [`RedisStore::connect`] never waits
 //!   for them. Once a connection attempt has failed, calls on a client that is reconnecting
-//!   fail at once instead of queueing for `timeout_ms` (the store is known to be down).
+//!   fail at once instead of queueing for `timeout_ms` (the store is known to be down); on a
+//!   cluster only while no node at all is connected (a clustered client reconnects to every
+//!   node when one fails, and the surviving masters answer again within moments).
 //! - `default_command_timeout = timeout`: a command that waits (for a connection, or for a
 //!   stalled server) fails with a timeout, and fred marks it timed out so it is never written
 //!   to Redis later, after the caller was told it failed. fred's timer covers the whole wait
@@ -31,7 +33,9 @@
 //!   `redis[s]-sentinel://` a client that asks the sentinels for the master on every
 //!   (re)connect. A `redis://` URL at a cluster node is detected and reported.
 //! - `store.min_replicas`: after a write, `WAIT N timeout_ms` on the same client and slot, so
-//!   on the same connection to the same node; fewer replicas is [`StoreError::Replicas`].
+//!   on the same connection to the same node; fewer replicas, or a connection that fred
+//!   replaced between the write and the `WAIT` (its `CLIENT ID` changed), is
+//!   [`StoreError::Replicas`].
 //!
 //! Nothing here logs a URL, a key (keys hold session ids), a value or a password.
 
