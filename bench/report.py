@@ -337,27 +337,26 @@ def main():
           f"| {fmt_ratio(ratio(n, 'cpu_yard'))} | {fmt_ratio(paired(n, 'rps'))} | {fmt_ratio(paired(n, 'proxy_us'))} |")
     p("")
 
-    def conflicts(n):
-        """{outcome: per request} from the proxy's /metrics, or None without them."""
+    def by_label(n, family, label, floor=0.0):
+        """{label value: per request} of one labelled counter in the proxy's /metrics (values
+        below `floor` left out), or None without them."""
         if n not in rows or not rows[n]["metrics"]:
             return None
+        pattern = re.compile(re.escape(family) + r'\{' + label + r'="(\w+)"\}')
         out = {}
         for key, v in rows[n]["metrics"].items():
-            m = re.match(r'session_proxy_session_conflicts_total\{outcome="(\w+)"\}', key)
-            if m:
+            m = pattern.match(key)
+            if m and v >= floor:
                 out[m.group(1)] = v
         return out
 
+    def conflicts(n):
+        """{outcome: per request}: the session conflicts the proxy counted."""
+        return by_label(n, "session_proxy_session_conflicts_total", "outcome")
+
     def ops(n):
-        """{operation: per request}: the store operations the proxy made (its /metrics), or None."""
-        if n not in rows or not rows[n]["metrics"]:
-            return None
-        out = {}
-        for key, v in rows[n]["metrics"].items():
-            m = re.match(r'session_proxy_store_command_duration_seconds_count\{command="(\w+)"\}', key)
-            if m and v >= 0.0005:
-                out[m.group(1)] = v
-        return out
+        """{operation: per request}: the store operations the proxy made."""
+        return by_label(n, "session_proxy_store_command_duration_seconds_count", "command", floor=0.0005)
 
     def fmt_ops(n):
         o = ops(n)

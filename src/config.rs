@@ -1489,7 +1489,6 @@ key_prefix = "_session:"
 # timeout_ms = 1000                # per store command
 # pool_size = 2
 # min_replicas = 0                 # Redis only: WAIT for this many replicas after each write, else 503
-# min_replicas = 0                 # > 0: a write counts only once WAIT confirms this many replicas
 
 [session]
 cookie_name = "__session"

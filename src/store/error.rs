@@ -21,7 +21,7 @@ pub enum StoreError {
     OutOfMemory(String),
     /// Redis's ACL forbids a command the proxy needs (`NOPERM`): it keeps failing until the
     /// proxy's Redis user is allowed it.
-    #[error("Redis's ACL forbids a command the proxy needs; allow the proxy's user GET, GETEX, SET, DEL, EVALSHA, EVAL, SADD, SREM, SMEMBERS and PING: {0}")]
+    #[error("Redis's ACL forbids a command the proxy needs; allow the proxy's user GET, GETEX, SET, DEL, EVALSHA, EVAL, SADD, SREM, SMEMBERS, PING and (with store.min_replicas) WAIT: {0}")]
     Denied(String),
     /// The store configuration cannot work (bad URL, unreadable `ca_file`, a `redis://` URL
     /// at a Redis Cluster node).
