@@ -9,6 +9,7 @@ is measured in units of what did not change: the CPU per request of wrk and the 
 
 Usage:
     bench/ab.py A B [--scenario 4|5|6] [--rounds 5] [--duration 6] [--warmup 2] [--cluster-b]
+                    [--cluster-both] [--connections 64]
 
 A and B are a session-proxy binary (run with bench/conf/proxy.toml and RUST_LOG=warn), or
 `bare:PATH` for examples/bare_proxy.rs (the floor, scenario 7), or `bare+get:PATH` for the
@@ -27,7 +28,11 @@ run.sh's (16): no replicas, slots dealt by `redis-cli --cluster create`), A's th
 redis-server, and both read over 256 sessions made through each (bench/cookies.lua, as run.sh's
 (16) and (17)). `bench/ab.py target/pgo/session-proxy target/pgo/session-proxy --scenario 5
 --cluster-b` is target (16) >= 0.9x with the drift taken out. The Redis column is the CPU of
-the redis-server processes each build talks to (the cluster's three summed).
+the redis-server processes each build talks to (the cluster's three summed). --cluster-both puts
+both builds on that cluster (two builds of one proxy compared on (16)'s path).
+
+--connections: wrk's connections (64 as in run.sh; 1 to 8 show what a change costs a request's
+latency when the proxy is far from busy). The p50 and p99 columns are wrk's latency percentiles.
 """
 
 import argparse
@@ -197,20 +202,30 @@ def session_cookie(port):
     return None
 
 
-def wrk(url, seconds, cookie, cookies_file=None):
-    """The number of requests wrk made (its CPU time shows in `os.times()`'s children). With
-    cookies_file, wrk cycles over its sessions (bench/cookies.lua), as run.sh's (6) does."""
-    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", url]
+def wrk(url, seconds, cookie, cookies_file=None, connections=64):
+    """The number of requests wrk made (its CPU time shows in `os.times()`'s children) and its
+    p50 and p99 latency in ms. With cookies_file, wrk cycles over its sessions
+    (bench/cookies.lua), as run.sh's (6) does."""
+    threads = min(2, connections)
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if cookie:
         args[1:1] = ["-H", f"Cookie: {cookie}"]
     if cookies_file:
         args[1:1] = ["-s", os.path.join(BENCH, "cookies.lua")]
-        args += ["--", cookies_file, "2"]
+        args += ["--", cookies_file, str(threads)]
     out = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
     match = re.search(r"(\d+) requests in", out)
     if not match or "Non-2xx" in out:
         sys.exit(f"ab.py: wrk on {url} failed or got errors:\n{out}")
-    return int(match.group(1))
+    return int(match.group(1)), latency_ms(out, "50%"), latency_ms(out, "99%")
+
+
+def latency_ms(out, percentile):
+    """One of wrk --latency's percentiles, in ms (wrk prints us, ms or s)."""
+    match = re.search(rf"^\s*{percentile}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if not match:
+        return float("nan")
+    return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
 
 
 def main():
@@ -221,8 +236,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--cluster-b", action="store_true",
                         help="B's store is a 3-master Redis Cluster (scenario 5, 256 sessions each)")
+    parser.add_argument("--cluster-both", action="store_true",
+                        help="A's and B's store is that cluster (scenario 5, 256 sessions)")
     opts = parser.parse_args()
     for tool in ("wrk", "nginx", "redis-server", "redis-cli"):
         if not shutil.which(tool):
@@ -231,8 +249,9 @@ def main():
         path = parse_spec(spec)[1]
         if not os.access(path, os.X_OK) and spec != "nginx":
             sys.exit(f"ab.py: {path} is not an executable")
-    if opts.cluster_b and (opts.scenario != 5 or any(parse_spec(s)[0] for s in (opts.a, opts.b))):
-        sys.exit("ab.py: --cluster-b compares two session-proxy builds on scenario 5")
+    on_cluster = [n for n, flag in (("a", opts.cluster_both), ("b", opts.cluster_b or opts.cluster_both)) if flag]
+    if on_cluster and (opts.scenario != 5 or any(parse_spec(s)[0] for s in (opts.a, opts.b))):
+        sys.exit("ab.py: --cluster-b and --cluster-both compare two session-proxy builds on scenario 5")
 
     tmp = tempfile.mkdtemp(prefix="session-proxy-ab.")
     procs = Processes()
@@ -255,9 +274,11 @@ def main():
         # The redis-server processes each build talks to (for their CPU per request).
         stores = {"a": [redis], "b": [redis]}
         store_urls = {"a": None, "b": None}
-        if opts.cluster_b:
-            nodes, stores["b"] = start_cluster(procs, tmp)
-            store_urls["b"] = f"redis-cluster://127.0.0.1:{nodes[0]}"
+        if on_cluster:
+            nodes, cluster = start_cluster(procs, tmp)
+            for n in on_cluster:
+                stores[n] = cluster
+                store_urls[n] = f"redis-cluster://127.0.0.1:{nodes[0]}"
         proxies = {n: start_proxy(spec, ports[n], ports, tmp, procs, n, store_urls[n])
                    for n, spec in (("a", opts.a), ("b", opts.b))}
         wait_port(ports["upstream"], "the upstream nginx")
@@ -275,9 +296,9 @@ def main():
 
         # (6) writes on every request: 256 sessions, as in run.sh, so the writes seldom meet
         # (64 connections on one session mostly end in 503: run.sh's contention scenario).
-        # With --cluster-b, 256 sessions for (5) too, spread over the cluster's masters.
+        # On the cluster, 256 sessions for (5) too, spread over its masters.
         cookies_files = {n: None for n in proxies}
-        if (opts.scenario == 6 or opts.cluster_b) and cookie:
+        if (opts.scenario == 6 or on_cluster) and cookie:
             for n in proxies:
                 made = n if n in sp else sp[0]
                 cookies_files[n] = os.path.join(tmp, f"cookies-{made}.txt")
@@ -293,12 +314,13 @@ def main():
 
         url = {n: f"http://127.0.0.1:{ports[n]}{PATHS[opts.scenario]}" for n in proxies}
         for n in proxies:
-            wrk(url[n], opts.warmup, cookie, cookies_files[n])
+            wrk(url[n], opts.warmup, cookie, cookies_files[n], opts.connections)
 
         rows = {"a": [], "b": []}
         print(f"scenario {opts.scenario}, {opts.rounds} rounds of {opts.duration} s each, A and B in turns"
-              + (" (B on a 3-master Redis Cluster)" if opts.cluster_b else ""))
-        print("round  build    req/s  user µs/req  kernel µs/req  CPU/req in yardsticks  yardstick µs (wrk, upstream)  redis µs/req")
+              + {0: "", 1: " (B on a 3-master Redis Cluster)", 2: " (both on a 3-master Redis Cluster)"}[len(on_cluster)])
+        print("round  build    req/s  user µs/req  kernel µs/req  CPU/req in yardsticks  yardstick µs (wrk, upstream)"
+              "  redis µs/req  p50 ms  p99 ms")
         for round_no in range(1, opts.rounds + 1):
             for n, proc in proxies.items():
                 upstream_pids = [upstream.pid] + children(upstream.pid)
@@ -307,7 +329,7 @@ def main():
                 redis_pids = [r.pid for r in stores[n]]
                 p0, u0, r0 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids), cpu_ticks(redis_pids)
                 w0 = os.times()
-                requests = wrk(url[n], opts.duration, cookie, cookies_files[n])
+                requests, p50, p99 = wrk(url[n], opts.duration, cookie, cookies_files[n], opts.connections)
                 w1 = os.times()
                 p1, u1, r1 = cpu_ticks(proxy_pids), cpu_ticks(upstream_pids), cpu_ticks(redis_pids)
                 per_req = 1e6 / requests
@@ -318,17 +340,17 @@ def main():
                 wrk_us = (w1.children_user + w1.children_system - w0.children_user - w0.children_system) * per_req
                 yard = yardstick({"wrk_us": wrk_us, "upstream_us": upstream_us})
                 row = (requests / opts.duration, user, kernel, (user + kernel) / yard if yard else float("nan"), yard,
-                       wrk_us, upstream_us, redis_us)
+                       wrk_us, upstream_us, redis_us, p50, p99)
                 rows[n].append(row)
                 print(f"{round_no:5}  {n.upper():5} {row[0]:8.0f}  {row[1]:11.2f}  {row[2]:13.2f}  {row[3]:21.3f}  "
-                      f"{row[4]:12.2f} ({row[5]:.2f}, {row[6]:.2f})  {row[7]:12.2f}")
+                      f"{row[4]:12.2f} ({row[5]:.2f}, {row[6]:.2f})  {row[7]:12.2f}  {row[8]:6.3f}  {row[9]:6.3f}")
 
         med = {n: [statistics.median(col) for col in zip(*rows[n])] for n in rows}
         print("\nmedians")
         for n in rows:
             m = med[n]
             print(f"       {n.upper():5} {m[0]:8.0f}  {m[1]:11.2f}  {m[2]:13.2f}  {m[3]:21.3f}  "
-                  f"{m[4]:12.2f} ({m[5]:.2f}, {m[6]:.2f})  {m[7]:12.2f}")
+                  f"{m[4]:12.2f} ({m[5]:.2f}, {m[6]:.2f})  {m[7]:12.2f}  {m[8]:6.3f}  {m[9]:6.3f}")
         a, b = med["a"], med["b"]
         cpu = {n: statistics.median(r[1] + r[2] for r in rows[n]) for n in rows}
         paired = statistics.median(rb[0] / ra[0] for ra, rb in zip(rows["a"], rows["b"]))

@@ -238,10 +238,10 @@ impl Counters {
     }
   }
 
-  /// Flush the sink if the max feed count is reached or no commands are queued following the current command.
-  pub fn should_send(&self, inner: &RefCount<ClientInner>) -> bool {
+  /// Flush the sink if the max feed count is reached (session-proxy's patch: the empty queue is
+  /// the router loop's to check, `router::commands::start`).
+  pub fn feed_full(&self, inner: &RefCount<ClientInner>) -> bool {
     client_utils::read_atomic(&self.feed_count) as u64 > inner.max_feed_count()
-      || client_utils::read_atomic(&self.cmd_buffer_len) == 0
   }
 
   pub fn incr_feed_count(&self) -> usize {

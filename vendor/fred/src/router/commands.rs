@@ -161,9 +161,6 @@ pub async fn write_command(
           if is_blocking {
             inner.backchannel.set_blocked(&conn.server);
           }
-          if !flushed && inner.counters.read_cmd_buffer_len() == 0 {
-            let _ = conn.flush().await;
-          }
 
           // interrupt the command that was just sent if another command is queued after sending this one
           let should_interrupt =
@@ -189,9 +186,12 @@ pub async fn write_command(
   };
 
   if flush {
+    router.flush_due = false;
     if let Err(err) = router.flush().await {
       _debug!(inner, "Failed to flush connections: {:?}", err);
     }
+  } else {
+    router.flush_due = true;
   }
   if let Some((server, err, command)) = disconnect_from {
     if let Some(command) = command {
@@ -553,6 +553,7 @@ pub async fn start(inner: &RefCount<ClientInner>) -> Result<(), Error> {
     inner.reset_credential_refresh_task();
 
     let mut result = Ok(());
+    let mut yielded = false;
     loop {
       if let Err(err) = read_or_write(inner, &mut router, &mut rx).await {
         _debug!(inner, "Error processing command: {:?}", err);
@@ -563,6 +564,24 @@ pub async fn start(inner: &RefCount<ClientInner>) -> Result<(), Error> {
           result = Err(err);
         }
         break;
+      }
+      // session-proxy's patch (vendor/README.md): commands are written unflushed and flushed
+      // here, once none is queued, after one `yield_now`: the runtime's other ready tasks run
+      // and its I/O driver is polled once (tokio defers a yielding task until then), so the
+      // commands of the requests that arrived meanwhile leave in the same write.
+      if router.flush_due && inner.counters.read_cmd_buffer_len() == 0 {
+        if !yielded {
+          yielded = true;
+          tokio::task::yield_now().await;
+          if inner.counters.read_cmd_buffer_len() > 0 {
+            continue;
+          }
+        }
+        yielded = false;
+        router.flush_due = false;
+        if let Err(err) = router.flush().await {
+          _debug!(inner, "Failed to flush connections: {:?}", err);
+        }
       }
     }
     #[cfg(feature = "glommio")]

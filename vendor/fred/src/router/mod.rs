@@ -61,6 +61,9 @@ pub struct Router {
   pub retry_buffer:         VecDeque<Command>,
   /// A set to dedup pending reconnection commands.
   pub pending_reconnection: HashSet<ReconnectServer>,
+  /// session-proxy's patch: commands were written to the connections' buffers since the last
+  /// flush (see `commands::start`).
+  pub flush_due:            bool,
   /// The replica routing interface.
   #[cfg(feature = "replicas")]
   pub replicas:             Replicas,
@@ -80,6 +83,7 @@ impl Router {
     Router {
       retry_buffer: VecDeque::new(),
       pending_reconnection: HashSet::new(),
+      flush_due: false,
       connections,
       #[cfg(feature = "replicas")]
       replicas: Replicas::new(),

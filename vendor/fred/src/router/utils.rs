@@ -53,7 +53,9 @@ pub fn prepare_command(
   // * the command does some form of authentication
   // * the command goes to multiple sockets at once
   // * the command blocks the router command loop
-  let should_flush = counters.should_send(inner) || command.kind.should_flush() || command.is_all_cluster_nodes();
+  // session-proxy's patch: "no command queued behind it" is no longer a reason here; the
+  // router loop flushes once its queue is empty (`commands::start`).
+  let should_flush = counters.feed_full(inner) || command.kind.should_flush() || command.is_all_cluster_nodes();
   command.network_start = Some(Instant::now());
   set_command_trace(inner, command);
 
