@@ -509,6 +509,10 @@ fn drain_command_rx(inner: &RefCount<ClientInner>, rx: &mut CommandReceiver) {
   }
 }
 
+/// session-proxy's patch: how many turns of the runtime the router lets pass before it flushes,
+/// as long as each brings new commands (see `start`; measured in vendor/README.md).
+const MAX_FLUSH_YIELDS: u32 = 3;
+
 /// Initialize connections and start the routing task.
 pub async fn start(inner: &RefCount<ClientInner>) -> Result<(), Error> {
   #[cfg(feature = "mocks")]
@@ -553,7 +557,7 @@ pub async fn start(inner: &RefCount<ClientInner>) -> Result<(), Error> {
     inner.reset_credential_refresh_task();
 
     let mut result = Ok(());
-    let mut yielded = false;
+    let mut yields = 0;
     loop {
       if let Err(err) = read_or_write(inner, &mut router, &mut rx).await {
         _debug!(inner, "Error processing command: {:?}", err);
@@ -566,18 +570,19 @@ pub async fn start(inner: &RefCount<ClientInner>) -> Result<(), Error> {
         break;
       }
       // session-proxy's patch (vendor/README.md): commands are written unflushed and flushed
-      // here, once none is queued, after one `yield_now`: the runtime's other ready tasks run
+      // here, once none is queued, after a `yield_now`: the runtime's other ready tasks run
       // and its I/O driver is polled once (tokio defers a yielding task until then), so the
-      // commands of the requests that arrived meanwhile leave in the same write.
+      // commands of the requests that arrived meanwhile leave in the same write. Again while
+      // each turn brings commands, up to MAX_FLUSH_YIELDS turns; an idle client yields once.
       if router.flush_due && inner.counters.read_cmd_buffer_len() == 0 {
-        if !yielded {
-          yielded = true;
+        if yields < MAX_FLUSH_YIELDS {
+          yields += 1;
           tokio::task::yield_now().await;
           if inner.counters.read_cmd_buffer_len() > 0 {
             continue;
           }
         }
-        yielded = false;
+        yields = 0;
         router.flush_due = false;
         if let Err(err) = router.flush().await {
           _debug!(inner, "Failed to flush connections: {:?}", err);
