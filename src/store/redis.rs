@@ -217,9 +217,9 @@ impl Drop for Inner {
 /// copy it on every request.
 type FredCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, FredError>> + Send + 'a>>;
 
-/// Each pooled client's connections (server to `CLIENT ID`) when a write was sent; `None`
-/// without `store.min_replicas` (see [`RedisStore::replicated`]).
-type ConnectionMarks = Option<Vec<HashMap<Server, i64>>>;
+/// The connections (server to `CLIENT ID`) of the client a write was sent on, as it was sent;
+/// `None` without `store.min_replicas` (see [`RedisStore::replicated`]).
+type ConnectionMarks = Option<HashMap<Server, i64>>;
 
 impl RedisStore {
     /// Builds the pool and starts connecting in the background. Fails only for configuration
@@ -345,8 +345,7 @@ impl RedisStore {
     /// `SET key value EX ttl_secs`; `Ok` only when Redis answered `OK`.
     pub async fn set(&self, key: &str, value: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
-        let marks = self.connection_marks();
-        let (index, client) = self.pick();
+        let (index, client, marks) = self.pick_write();
         let reply = self
             .call(index, pin_in_place(|| client.set::<Value, _, _>(key, value, expire, None, false)))
             .await?;
@@ -356,8 +355,7 @@ impl RedisStore {
 
     /// `DEL key`; `Ok` only when Redis answered with a count.
     pub async fn del(&self, key: &str) -> Result<(), StoreError> {
-        let marks = self.connection_marks();
-        let (index, client) = self.pick();
+        let (index, client, marks) = self.pick_write();
         let reply = self.call(index, pin_in_place(|| client.del::<Value, _>(key))).await?;
         expect_reply("DEL", &reply, is_integer)?;
         self.replicated(index, key, marks).await
@@ -366,8 +364,7 @@ impl RedisStore {
     /// `SET key value EX ttl_secs NX`: `Ok(false)` when the key exists.
     pub async fn create(&self, key: &str, value: &str, ttl_secs: u64) -> Result<bool, StoreError> {
         let expire = Some(Expiration::EX(ttl_arg(ttl_secs)?));
-        let marks = self.connection_marks();
-        let (index, client) = self.pick();
+        let (index, client, marks) = self.pick_write();
         let reply = self
             .call(
                 index,
@@ -398,8 +395,8 @@ impl RedisStore {
         ];
         // A retry after a lost reply finds the value it wrote and reports it changed, which the
         // session layer recognises as its own change: fred's retries stay safe.
-        let marks = self.connection_marks();
-        let (index, reply) = self.script(&self.inner.scripts.replace_if, key, args, None).await?;
+        let (index, client, marks) = self.pick_write();
+        let reply = self.script(index, client, &self.inner.scripts.replace_if, key, args, None).await?;
         self.replicated_if_done(index, key, marks, compared(reply)?).await
     }
 
@@ -409,14 +406,15 @@ impl RedisStore {
         // Sent once: a retry after a lost reply would find the key gone (deleted by the first
         // try) and report the session moved away, undoing a regenerate that happened.
         let once = Options { max_attempts: Some(1), ..Options::default() };
-        let marks = self.connection_marks();
-        let (index, reply) = self.script(&self.inner.scripts.delete_if, key, args, Some(once)).await?;
+        let (index, client, marks) = self.pick_write();
+        let reply = self.script(index, client, &self.inner.scripts.delete_if, key, args, Some(once)).await?;
         self.replicated_if_done(index, key, marks, compared(reply)?).await
     }
 
     /// The `INSPECT` script: the value and its TTL in one round trip.
     pub async fn inspect(&self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
-        let (_, reply) = self.script(&self.inner.scripts.inspect, key, Vec::new(), None).await?;
+        let (index, client) = self.pick();
+        let reply = self.script(index, client, &self.inner.scripts.inspect, key, Vec::new(), None).await?;
         match reply {
             Value::Null => Ok(None),
             Value::Array(mut pair) if pair.len() == 2 => {
@@ -434,8 +432,8 @@ impl RedisStore {
     /// The `INDEX_ADD` script: `SADD`, then the set's TTL raised to at least `ttl_secs`.
     pub async fn index_add(&self, key: &str, member: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let args = vec![Value::from(member), Value::Integer(ttl_arg(ttl_secs)?)];
-        let marks = self.connection_marks();
-        let (index, reply) = self.script(&self.inner.scripts.index_add, key, args, None).await?;
+        let (index, client, marks) = self.pick_write();
+        let reply = self.script(index, client, &self.inner.scripts.index_add, key, args, None).await?;
         expect_reply("SADD", &reply, is_integer)?;
         self.replicated(index, key, marks).await
     }
@@ -443,16 +441,15 @@ impl RedisStore {
     /// The `INDEX_TOUCH` script: the set's TTL raised to at least `ttl_secs`.
     pub async fn index_touch(&self, key: &str, ttl_secs: u64) -> Result<(), StoreError> {
         let args = vec![Value::Integer(ttl_arg(ttl_secs)?)];
-        let marks = self.connection_marks();
-        let (index, reply) = self.script(&self.inner.scripts.index_touch, key, args, None).await?;
+        let (index, client, marks) = self.pick_write();
+        let reply = self.script(index, client, &self.inner.scripts.index_touch, key, args, None).await?;
         expect_reply("EXPIRE", &reply, is_integer)?;
         self.replicated(index, key, marks).await
     }
 
     /// `SREM key member`.
     pub async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        let marks = self.connection_marks();
-        let (index, client) = self.pick();
+        let (index, client, marks) = self.pick_write();
         let reply = self.call(index, pin_in_place(|| client.srem::<Value, _, _>(key, member))).await?;
         expect_reply("SREM", &reply, is_integer)?;
         self.replicated(index, key, marks).await
@@ -480,10 +477,10 @@ impl RedisStore {
     /// where the write went), so it waits for that write. Fewer replicas in time is an error:
     /// the caller must not acknowledge the write. Nothing to do with `min_replicas = 0`.
     ///
-    /// `marks` are the pool's connections as the write was sent ([`RedisStore::connection_marks`]):
+    /// `marks` are client `index`'s connections as the write was sent ([`RedisStore::pick_write`]):
     /// a connection replaced between the write and the `WAIT` (fred reconnects by itself) would
     /// have the `WAIT` count replicas for the new connection's writes, none, and vouch for
-    /// nothing; so a change of client `index`'s connections in between is an error too.
+    /// nothing; so a change of those connections in between is an error too.
     async fn replicated(&self, index: usize, key: &str, marks: ConnectionMarks) -> Result<(), StoreError> {
         let wanted = self.inner.min_replicas;
         if wanted == 0 {
@@ -504,8 +501,7 @@ impl RedisStore {
         let wait = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
         let args = vec![Value::Integer(i64::from(wanted)), Value::Integer(self.inner.wait_ms)];
         let reply = self.call(index, pin_in_place(|| client.custom::<Value, Value>(wait, args))).await?;
-        let sent_on = marks.as_ref().and_then(|marks| marks.get(index));
-        if sent_on != Some(&client.connection_ids()) {
+        if marks.as_ref() != Some(&client.connection_ids()) {
             tracing::warn!(
                 wanted,
                 "store connection replaced between a write and its WAIT; the write is not known to be replicated; answering 503"
@@ -543,24 +539,18 @@ impl RedisStore {
         Ok(result)
     }
 
-    /// With `min_replicas`, each pooled client's connections (server and `CLIENT ID`, as fred
-    /// keeps them) before a write, for [`RedisStore::replicated`]; nothing without.
-    fn connection_marks(&self) -> ConnectionMarks {
-        (self.inner.min_replicas > 0)
-            .then(|| self.inner.pool.clients().iter().map(|client| client.connection_ids()).collect())
-    }
-
-    /// Runs a script on `key` with `EVALSHA`, and with `EVAL` (which also loads it) when the
-    /// server does not have it (`NOSCRIPT`: first use, or after a restart or failover). Returns
-    /// the pooled client it used, for a `WAIT` after it.
+    /// Runs a script on `key` on pooled client `index` with `EVALSHA`, and with `EVAL` (which
+    /// also loads it) when the server does not have it (`NOSCRIPT`: first use, or after a
+    /// restart or failover).
     async fn script(
         &self,
+        index: usize,
+        client: &Client,
         script: &Script,
         key: &str,
         args: Vec<Value>,
         options: Option<Options>,
-    ) -> Result<(usize, Value), StoreError> {
-        let (index, client) = self.pick();
+    ) -> Result<Value, StoreError> {
         let client = client.with_options(&options.unwrap_or_default());
         let sha = script.sha1().clone();
         let lua = script.lua().cloned().unwrap_or_default();
@@ -572,7 +562,7 @@ impl RedisStore {
                 reply => reply,
             }
         });
-        self.call(index, run).await.map(|reply| (index, reply))
+        self.call(index, run).await
     }
 
     /// Readiness: the store serves every key. One server or the Sentinel-named master: it
@@ -624,6 +614,15 @@ impl RedisStore {
     pub async fn shutdown(&self) {
         let _ = tokio::time::timeout(self.inner.belt, self.inner.pool.quit()).await;
         abort_all(&self.inner.tasks);
+    }
+
+    /// [`RedisStore::pick`] for a write: with `min_replicas`, also the client's connections as
+    /// the write is about to be sent (server and `CLIENT ID`, as fred keeps them), for
+    /// [`RedisStore::replicated`].
+    fn pick_write(&self) -> (usize, &Client, ConnectionMarks) {
+        let (index, client) = self.pick();
+        let marks = (self.inner.min_replicas > 0).then(|| client.connection_ids());
+        (index, client, marks)
     }
 
     /// The next pooled client in turn, skipping disconnected ones while any is connected (as
