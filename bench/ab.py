@@ -29,7 +29,10 @@ redis-server, and both read over 256 sessions made through each (bench/cookies.l
 (16) and (17)). `bench/ab.py target/pgo/session-proxy target/pgo/session-proxy --scenario 5
 --cluster-b` is target (16) >= 0.9x with the drift taken out. The Redis column is the CPU of
 the redis-server processes each build talks to (the cluster's three summed). --cluster-both puts
-both builds on that cluster (two builds of one proxy compared on (16)'s path).
+both builds on that cluster (two builds of one proxy compared on (16)'s path). Both also take two
+floors, `bare+get:PATH`, which then GET 256 keys (bare_proxy --keys) on either store:
+`bench/ab.py bare+get:BARE bare+get:BARE --scenario 5 --cluster-b` is what (16)'s ratio can be
+on this machine for any proxy on these crates.
 
 --connections: wrk's connections (64 as in run.sh; 1 to 8 show what a change costs a request's
 latency when the proxy is far from busy). The p50 and p99 columns are wrk's latency percentiles.
@@ -54,6 +57,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 TICK = os.sysconf("SC_CLK_TCK")
 PATHS = {4: "/plain/", 5: "/", 6: "/write/"}  # /write/: an update that changes the session
 SESSION = '{"user":"bench","role":"tester"}'
+FLOOR_KEY, FLOOR_KEYS = "bare-proxy:session", 256  # bare_proxy --keys reads FLOOR_KEY:0 to :255
 
 
 def free_ports(n):
@@ -161,7 +165,7 @@ def start_cluster(procs, tmp):
     sys.exit("ab.py: the Redis Cluster did not reach cluster_state:ok")
 
 
-def start_proxy(spec, port, ports, tmp, procs, name, store_url=None):
+def start_proxy(spec, port, ports, tmp, procs, name, store_url=None, keys=0):
     log = open(os.path.join(tmp, f"{name}.log"), "w")
     kind, path = parse_spec(spec)
     if kind == "nginx":
@@ -175,7 +179,9 @@ def start_proxy(spec, port, ports, tmp, procs, name, store_url=None):
     if kind:
         args = [path, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{ports['upstream']}"]
         if kind == "bare+get":
-            args += ["--redis", f"redis://127.0.0.1:{ports['redis']}"]
+            args += ["--redis", store_url or f"redis://127.0.0.1:{ports['redis']}"]
+            if keys:
+                args += ["--keys", str(keys)]
         return procs.start(args, log)
     config = os.path.join(tmp, f"{name}.toml")
     fill(os.path.join(BENCH, "conf", "proxy.toml"), config, LISTEN_PORT=port,
@@ -250,8 +256,9 @@ def main():
         if not os.access(path, os.X_OK) and spec != "nginx":
             sys.exit(f"ab.py: {path} is not an executable")
     on_cluster = [n for n, flag in (("a", opts.cluster_both), ("b", opts.cluster_b or opts.cluster_both)) if flag]
-    if on_cluster and (opts.scenario != 5 or any(parse_spec(s)[0] for s in (opts.a, opts.b))):
-        sys.exit("ab.py: --cluster-b and --cluster-both compare two session-proxy builds on scenario 5")
+    if on_cluster and (opts.scenario != 5 or any(parse_spec(s)[0] not in ("", "bare+get") for s in (opts.a, opts.b))):
+        sys.exit("ab.py: --cluster-b and --cluster-both compare two session-proxy builds, or two floors "
+                 "with a GET (bare+get:PATH), on scenario 5")
 
     tmp = tempfile.mkdtemp(prefix="session-proxy-ab.")
     procs = Processes()
@@ -269,7 +276,7 @@ def main():
                                 "-g", "daemon off; master_process on;"],
                                open(os.path.join(prefix, "out.log"), "w"))
         wait_port(ports["redis"], "redis-server")
-        subprocess.run(["redis-cli", "-p", str(ports["redis"]), "set", "bare-proxy:session", SESSION],
+        subprocess.run(["redis-cli", "-p", str(ports["redis"]), "set", FLOOR_KEY, SESSION],
                        check=True, stdout=subprocess.DEVNULL)
         # The redis-server processes each build talks to (for their CPU per request).
         stores = {"a": [redis], "b": [redis]}
@@ -279,7 +286,18 @@ def main():
             for n in on_cluster:
                 stores[n] = cluster
                 store_urls[n] = f"redis-cluster://127.0.0.1:{nodes[0]}"
-        proxies = {n: start_proxy(spec, ports[n], ports, tmp, procs, n, store_urls[n])
+            # A floor on the cluster reads 256 keys, spread over its masters as sessions are;
+            # so does the other floor, on whichever store it has.
+            if any(parse_spec(s)[0] for s in (opts.a, opts.b)):
+                for store_port, cluster_mode in ((ports["redis"], []), (nodes[0], ["-c"])):
+                    setter = subprocess.run(["redis-cli", *cluster_mode, "-p", str(store_port)],
+                                            input="".join(f"SET {FLOOR_KEY}:{i} '{SESSION}'\n"
+                                                          for i in range(FLOOR_KEYS)),
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                    if setter.returncode != 0 or "ERR" in setter.stdout or "MOVED" in setter.stdout:
+                        sys.exit(f"ab.py: could not store the floor's keys:\n{setter.stdout[-500:]}")
+        keys = FLOOR_KEYS if on_cluster else 0
+        proxies = {n: start_proxy(spec, ports[n], ports, tmp, procs, n, store_urls[n], keys)
                    for n, spec in (("a", opts.a), ("b", opts.b))}
         wait_port(ports["upstream"], "the upstream nginx")
         for n in proxies:

@@ -7,16 +7,18 @@
 //! per worker and a task per upstream connection), and nothing else: no routing, no header
 //! rules, no request ids, no timeouts, no metrics, no logging. With `--redis URL` each request
 //! also waits for one fred `GET` (one client per worker, as session-proxy's pool), to show
-//! what a store read costs on its own.
+//! what a store read costs on its own; with `--keys N` too, the GETs cycle over the keys
+//! `bare-proxy:session:0` to `N-1` (spread over a Redis Cluster's masters, as sessions are:
+//! `bench/ab.py bare+get:PATH bare+get:PATH --cluster-b`).
 //!
 //! Not a product: it forwards whatever it is sent to one upstream and trusts it completely.
 //!
 //! ```text
 //! cargo run --release --example bare_proxy -- --listen 127.0.0.1:8081 \
-//!     --upstream 127.0.0.1:8080 [--redis redis://127.0.0.1:6380]
+//!     --upstream 127.0.0.1:8080 [--redis redis://127.0.0.1:6380 [--keys 256]]
 //! ```
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,6 +28,7 @@ use bytes::Bytes;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::config::{Config, ConnectionConfig, TcpConfig};
+use fred::types::Key;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -37,23 +40,28 @@ use tokio::net::{TcpListener, TcpStream};
 thread_local! {
     /// This worker's idle upstream connections.
     static POOL: RefCell<Vec<SendRequest<Incoming>>> = const { RefCell::new(Vec::new()) };
+    /// This worker's next key, with `--keys`.
+    static NEXT_KEY: Cell<usize> = const { Cell::new(0) };
 }
 
 #[derive(Clone)]
 struct Worker {
     upstream: SocketAddr,
     redis: Option<Client>,
+    /// `--keys`: the GETs cycle over this many keys; 0 reads `bare-proxy:session`.
+    keys: usize,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (mut listen, mut upstream, mut redis) = (None, None, None);
+    let (mut listen, mut upstream, mut redis, mut keys) = (None, None, None, 0);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--listen" => listen = Some(value.parse::<SocketAddr>()?),
             "--upstream" => upstream = Some(value.parse::<SocketAddr>()?),
             "--redis" => redis = Some(value),
+            "--keys" => keys = value.parse::<usize>()?,
             _ => return Err(format!("unknown flag {flag}").into()),
         }
     }
@@ -83,7 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     None => None,
                 };
-                tx.send((tokio::runtime::Handle::current(), Worker { upstream, redis })).expect("main");
+                tx.send((tokio::runtime::Handle::current(), Worker { upstream, redis, keys })).expect("main");
                 std::future::pending::<()>().await
             })
         });
@@ -125,7 +133,11 @@ async fn serve(stream: TcpStream, worker: Worker) {
 
 async fn forward(req: Request<Incoming>, worker: &Worker) -> Response<Pooled> {
     if let Some(redis) = &worker.redis {
-        if redis.get::<Option<Bytes>, _>("bare-proxy:session").await.is_err() {
+        let key = match worker.keys {
+            0 => Key::from_static_str("bare-proxy:session"),
+            keys => format!("bare-proxy:session:{}", NEXT_KEY.replace((NEXT_KEY.get() + 1) % keys)).into(),
+        };
+        if redis.get::<Option<Bytes>, _>(key).await.is_err() {
             return error_response();
         }
     }
