@@ -232,16 +232,29 @@ impl Pool {
     }
 
     /// The most recently used idle connection to `authority` that is ready for a request.
-    /// Closed and expired ones are dropped on the way; one still busy (its request body not
-    /// yet sent in full) stays for later.
+    /// Expired ones are dropped on the way, and closed ones met from the newest end; one still
+    /// busy (its request body not yet sent in full) stays for later. Usually the newest is
+    /// ready, so a checkout costs the same however many connections are idle. Checking every
+    /// one made a request at 256 connections cost 3.8k instructions more than at 16, against
+    /// 0.6k now (`CONNECTIONS=16` and `256 bench/profile.sh 5`); the sweeper catches the rest.
     fn checkout(&self, authority: &Authority) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.lock();
         let host = idle.iter_mut().find(|h| same_upstream(&h.authority, authority))?;
+        // One worker's connections, put back in time order: the expired ones are a prefix.
         let now = Instant::now();
-        let idle_timeout = self.idle_timeout;
-        host.conns.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout);
-        let ready = host.conns.iter().rposition(|c| c.sender.is_ready())?;
-        Some(host.conns.remove(ready).sender)
+        let expired = host.conns.partition_point(|c| now.duration_since(c.since) >= self.idle_timeout);
+        host.conns.drain(..expired);
+        let mut i = host.conns.len();
+        while i > 0 {
+            i -= 1;
+            let sender = &host.conns[i].sender;
+            if sender.is_closed() {
+                host.conns.remove(i);
+            } else if sender.is_ready() {
+                return Some(host.conns.remove(i).sender);
+            }
+        }
+        None
     }
 
     fn put_back(&self, authority: Authority, sender: SendRequest<UpstreamBody>) {
