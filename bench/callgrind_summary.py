@@ -59,6 +59,10 @@ def main():
     fn = cfn = None
     after_calls = False
     total = 0
+    # Where Ir is on a cost line: after the position columns, among the events (more than Ir
+    # with CALLGRIND_ARGS=--cache-sim=yes; trailing zero costs may be left off).
+    ir_column = 1
+    positions = 1
     for line in open(path, errors="replace"):
         line = line.rstrip("\n")
         if not line:
@@ -66,9 +70,9 @@ def main():
         c = line[0]
         if c.isdigit() or c in "+-*":
             parts = line.split()
-            if len(parts) < 2:
+            if len(parts) <= ir_column:
                 continue
-            cost = int(parts[-1])
+            cost = int(parts[ir_column])
             if after_calls:
                 call_cost[fn] += cost
                 edges[(fn, cfn)][1] += cost
@@ -76,6 +80,12 @@ def main():
             else:
                 self_cost[fn] += cost
                 total += cost
+            continue
+        if line.startswith("positions:"):
+            positions = len(line.split()) - 1
+            continue
+        if line.startswith("events:"):
+            ir_column = positions + line.split()[1:].index("Ir")
             continue
         if line.startswith("fn="):
             fn = function_id(line[3:], names) or fn

@@ -26,6 +26,10 @@
 #
 # bench/out/ is ignored by git: profiles are made on demand, never committed.
 #
+# CALLGRIND_ARGS= adds valgrind options, e.g. "--cache-sim=yes --LL=2097152,16,64" for cache
+# misses per function with a last-level cache of an L2's size (callgrind simulates two levels,
+# and takes the host's L3 for the last one, where a run barely misses).
+#
 # Environment (defaults): PROXY_CONF= (another session-proxy config template instead of
 # conf/proxy.toml, e.g. conf/proxy-access.toml: scenario 5 with a `require` and two identity
 # headers), REQUESTS=20000, WARM=2000, CONNECTIONS=8, SESSION_PROXY_BIN= (else
@@ -209,7 +213,7 @@ for n in "${SCENARIOS[@]}"; do
             ;;
     esac
     log "scenario $n: ${cmd[0]##*/} under callgrind on $PROXY_PORT"
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" --collect-atstart=yes \
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" --collect-atstart=yes ${CALLGRIND_ARGS:-} \
         --separate-threads=no "${cmd[@]}" >"$TMP/proxy.$n.log" 2>&1 &
     vg=$!
     PIDS+=("$vg")
