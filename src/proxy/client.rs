@@ -378,4 +378,54 @@ mod tests {
             "connecting to the upstream 127.0.0.1:3000 timed out"
         );
     }
+
+    /// A ready HTTP/1 connection to `listener`, and the server's end of it.
+    async fn connection(listener: &tokio::net::TcpListener) -> (SendRequest<UpstreamBody>, TcpStream) {
+        let (stream, accepted) =
+            tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream.unwrap())).await.unwrap();
+        tokio::spawn(conn);
+        sender.ready().await.unwrap();
+        (sender, accepted.unwrap().0)
+    }
+
+    /// Bounded: a connection whose server end is gone is seen closed within moments.
+    async fn until(mut done: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 5 s");
+    }
+
+    /// `checkout` skips the expired connections (the oldest) and the closed ones it meets from
+    /// the newest end, and hands out the newest live one. No sweeper runs here (it starts with
+    /// `connect`), so only `checkout` can drop them.
+    #[tokio::test]
+    async fn checkout_takes_the_newest_live_connection_and_never_an_expired_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let idle_timeout = Duration::from_secs(1);
+        let client = UpstreamClient::new(Duration::from_secs(5), idle_timeout);
+        let pool = &client.pool;
+        let (old, _old_server) = connection(&listener).await;
+        let (middle, middle_server) = connection(&listener).await;
+        let (newest, newest_server) = connection(&listener).await;
+
+        pool.put_back(authority.clone(), old);
+        tokio::time::sleep(idle_timeout + Duration::from_millis(200)).await;
+        pool.put_back(authority.clone(), middle);
+        pool.put_back(authority.clone(), newest);
+        drop(newest_server);
+        until(|| pool.lock()[0].conns.last().is_some_and(|c| c.sender.is_closed())).await;
+
+        let taken = pool.checkout(&authority).expect("the middle connection is live and fresh");
+        assert!(pool.lock()[0].conns.is_empty(), "the expired and the closed connection are dropped");
+        // It is the middle one: it closes with its server end (the old one's is still open).
+        drop(middle_server);
+        until(|| taken.is_closed()).await;
+        assert!(pool.checkout(&authority).is_none());
+    }
 }
