@@ -350,7 +350,7 @@ impl RedisStore {
             .call(index, pin_in_place(|| client.set::<Value, _, _>(key, value, expire, None, false)))
             .await?;
         expect_reply("SET", &reply, Value::is_ok)?;
-        self.replicated(index, key, marks).await
+        self.replicated(index, client, key, marks).await
     }
 
     /// `DEL key`; `Ok` only when Redis answered with a count.
@@ -358,7 +358,7 @@ impl RedisStore {
         let (index, client, marks) = self.pick_write();
         let reply = self.call(index, pin_in_place(|| client.del::<Value, _>(key))).await?;
         expect_reply("DEL", &reply, is_integer)?;
-        self.replicated(index, key, marks).await
+        self.replicated(index, client, key, marks).await
     }
 
     /// `SET key value EX ttl_secs NX`: `Ok(false)` when the key exists.
@@ -375,7 +375,7 @@ impl RedisStore {
             Value::Null => Ok(false),
             reply => {
                 expect_reply("SET", &reply, Value::is_ok)?;
-                self.replicated(index, key, marks).await.map(|()| true)
+                self.replicated(index, client, key, marks).await.map(|()| true)
             }
         }
     }
@@ -397,7 +397,7 @@ impl RedisStore {
         // session layer recognises as its own change: fred's retries stay safe.
         let (index, client, marks) = self.pick_write();
         let reply = self.script(index, client, &self.inner.scripts.replace_if, key, args, None).await?;
-        self.replicated_if_done(index, key, marks, compared(reply)?).await
+        self.replicated_if_done(index, client, key, marks, compared(reply)?).await
     }
 
     /// The `DELETE_IF` script: `key` is deleted only if it still holds `expected`.
@@ -408,7 +408,7 @@ impl RedisStore {
         let once = Options { max_attempts: Some(1), ..Options::default() };
         let (index, client, marks) = self.pick_write();
         let reply = self.script(index, client, &self.inner.scripts.delete_if, key, args, Some(once)).await?;
-        self.replicated_if_done(index, key, marks, compared(reply)?).await
+        self.replicated_if_done(index, client, key, marks, compared(reply)?).await
     }
 
     /// The `INSPECT` script: the value and its TTL in one round trip.
@@ -435,7 +435,7 @@ impl RedisStore {
         let (index, client, marks) = self.pick_write();
         let reply = self.script(index, client, &self.inner.scripts.index_add, key, args, None).await?;
         expect_reply("SADD", &reply, is_integer)?;
-        self.replicated(index, key, marks).await
+        self.replicated(index, client, key, marks).await
     }
 
     /// The `INDEX_TOUCH` script: the set's TTL raised to at least `ttl_secs`.
@@ -444,7 +444,7 @@ impl RedisStore {
         let (index, client, marks) = self.pick_write();
         let reply = self.script(index, client, &self.inner.scripts.index_touch, key, args, None).await?;
         expect_reply("EXPIRE", &reply, is_integer)?;
-        self.replicated(index, key, marks).await
+        self.replicated(index, client, key, marks).await
     }
 
     /// `SREM key member`.
@@ -452,7 +452,7 @@ impl RedisStore {
         let (index, client, marks) = self.pick_write();
         let reply = self.call(index, pin_in_place(|| client.srem::<Value, _, _>(key, member))).await?;
         expect_reply("SREM", &reply, is_integer)?;
-        self.replicated(index, key, marks).await
+        self.replicated(index, client, key, marks).await
     }
 
     /// `SMEMBERS key`.
@@ -481,14 +481,17 @@ impl RedisStore {
     /// a connection replaced between the write and the `WAIT` (fred reconnects by itself) would
     /// have the `WAIT` count replicas for the new connection's writes, none, and vouch for
     /// nothing; so a change of those connections in between is an error too.
-    async fn replicated(&self, index: usize, key: &str, marks: ConnectionMarks) -> Result<(), StoreError> {
+    async fn replicated(
+        &self,
+        index: usize,
+        client: &Client,
+        key: &str,
+        marks: ConnectionMarks,
+    ) -> Result<(), StoreError> {
         let wanted = self.inner.min_replicas;
         if wanted == 0 {
             return Ok(());
         }
-        let Some(client) = self.inner.pool.clients().get(index) else {
-            return Err(StoreError::Unavailable("no such store connection".to_owned()));
-        };
         // Sent once: on a new connection (after a reconnect) WAIT would count replicas for that
         // connection's writes (none) and answer at once, vouching for nothing.
         let options = Options {
@@ -529,12 +532,13 @@ impl RedisStore {
     async fn replicated_if_done(
         &self,
         index: usize,
+        client: &Client,
         key: &str,
         marks: ConnectionMarks,
         result: Compared,
     ) -> Result<Compared, StoreError> {
         if result == Compared::Done {
-            self.replicated(index, key, marks).await?;
+            self.replicated(index, client, key, marks).await?;
         }
         Ok(result)
     }
